@@ -1,0 +1,1 @@
+"""Reading inputs, the curated-table schema, and exactly-once writing of outputs."""

@@ -1,0 +1,111 @@
+"""What each row asks of the rewriter and what it ends up with: the row handling every backend shares.
+
+Input side (:func:`plan_row`): a row whose ``status`` is not ``ok`` is not rewritten and gets
+``rewrite_status = "skipped:<status>"``. A row with no caption (null or blank after cleaning) is
+rewritten from its objects alone when it has any, and otherwise skipped as ``skipped:no_caption``.
+Otherwise the caption is sanitized and cut to ``rewrite.max_caption_tokens`` tokens
+(:mod:`.prompt`) and the chat messages are built.
+
+Output side (:func:`settle`): a generation that raised becomes ``failed:<reason>``; an answer goes
+through the guard (:mod:`.guard`) and becomes ``ok`` or ``rejected:<reason>``. Only ``ok`` rows carry
+``caption_rewritten``; every row keeps all its other columns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from datajuicer_ray.config import RewriteConfig
+from datajuicer_ray.text.guard import GuardSettings, judge
+from datajuicer_ray.text.prompt import Tokenizer, build_messages, sanitize_caption, truncate_tokens
+
+REWRITTEN_COL = "caption_rewritten"
+STATUS_COL = "rewrite_status"
+SKIPPED = "skipped:"
+FAILED = "failed:"
+NO_CAPTION = SKIPPED + "no_caption"
+_REASON_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class RowPlan:
+    caption: str  # sanitized and truncated: what the model sees and the guard compares with
+    labels: list[str] = field(default_factory=list)
+    messages: list[dict[str, str]] | None = None  # None when the row is skipped
+    skip: str | None = None  # the rewrite_status of a skipped row
+
+
+@dataclass
+class Generation:
+    """One backend answer: text and whether it hit max_new_tokens, or the error that replaced it."""
+
+    text: str | None = None
+    truncated: bool = False
+    error: str | None = None
+    tokens: int = 0
+
+
+def objects_of(value: Any) -> list[tuple[str, float]]:
+    """``[(label, score)]`` from an ``objects`` cell (list of structs, or None), highest score first."""
+    pairs = [(str(o["label"]), float(o["score"] or 0.0)) for o in value or [] if o and o.get("label")]
+    return sorted(pairs, key=lambda p: -p[1])
+
+
+def plan_row(
+    caption: str | None,
+    objects: Any,
+    status: str | None,
+    rewrite: RewriteConfig,
+    tokenizer: Tokenizer | None,
+) -> RowPlan:
+    if status != "ok":
+        return RowPlan(caption="", skip=f"{SKIPPED}{status or 'unknown'}")
+    pairs = objects_of(objects)
+    text = truncate_tokens(sanitize_caption(caption), rewrite.max_caption_tokens, tokenizer)
+    labels = [label for label, _ in pairs]
+    if not text and not pairs:
+        return RowPlan(caption="", skip=NO_CAPTION)
+    return RowPlan(caption=text, labels=labels, messages=build_messages(text, pairs, rewrite.max_words))
+
+
+def plan_table(table: pa.Table, rewrite: RewriteConfig, tokenizer: Tokenizer | None) -> list[RowPlan]:
+    for name in ("caption", "status"):
+        if name not in table.column_names:
+            raise ValueError(f"rewrite: the input has no {name!r} column (columns: {table.column_names})")
+    captions = table.column("caption").to_pylist()
+    statuses = table.column("status").to_pylist()
+    objects = table.column("objects").to_pylist() if "objects" in table.column_names else [None] * len(captions)
+    return [plan_row(c, o, s, rewrite, tokenizer) for c, o, s in zip(captions, objects, statuses, strict=True)]
+
+
+def failure_status(error: str) -> str:
+    """``failed:<reason>`` with a short, countable reason: the exception name, not its message."""
+    head = error.split(":", 1)[0].strip() or "error"
+    return FAILED + (_REASON_RE.sub("_", head)[:60] or "error")
+
+
+def settle(plan: RowPlan, gen: Generation | None, settings: GuardSettings) -> tuple[str | None, str]:
+    """``(caption_rewritten, rewrite_status)`` of one row."""
+    if plan.skip:
+        return None, plan.skip
+    if gen is None:
+        return None, FAILED + "no_output"
+    if gen.error is not None:
+        return None, failure_status(gen.error)
+    verdict = judge(gen.text, plan.caption, plan.labels, settings, gen.truncated)
+    return verdict.text, verdict.status
+
+
+def attach(table: pa.Table, results: Sequence[tuple[str | None, str]]) -> pa.Table:
+    """``table`` with ``caption_rewritten`` and ``rewrite_status`` (replacing any from an earlier run)."""
+    if len(results) != table.num_rows:
+        raise AssertionError(f"rewrite: {len(results)} results for {table.num_rows} rows")
+    keep = [n for n in table.column_names if n not in (REWRITTEN_COL, STATUS_COL)]
+    out = table.select(keep)
+    out = out.append_column(REWRITTEN_COL, pa.array([t for t, _ in results], pa.string()))
+    return out.append_column(STATUS_COL, pa.array([s for _, s in results], pa.string()))

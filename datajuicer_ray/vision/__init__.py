@@ -1,0 +1,1 @@
+"""The vision branch: decode to the canonical view, score patches, keep the top ones, name objects."""

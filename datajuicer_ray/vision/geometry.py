@@ -1,0 +1,69 @@
+"""Patch-grid geometry shared by curation and training (CONTRACT.md, "Geometry").
+
+Canonical view: resize the shorter side to S (bicubic), centre-crop S x S. The target grid is G x G with
+G = S / P. A patch index is row-major in [0, G*G).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+
+def canonical_view(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bicubic), then the centred ``size`` x ``size`` crop. RGB in, RGB out."""
+    w, h = img.size
+    scale = size / min(w, h)
+    # max(size, ...) keeps rounding from leaving a side one pixel short of the crop.
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+@lru_cache(maxsize=32)
+def area_resample_matrix(src: int, dst: int) -> np.ndarray:
+    """R (dst x src): R[i, j] is the share of target cell i covered by source cell j (rows sum to 1).
+
+    Exact area weighting, unlike adaptive pooling, which rounds bin edges to whole source cells.
+    """
+    r = np.zeros((dst, src), dtype=np.float64)
+    for i in range(dst):
+        lo, hi = i * src / dst, (i + 1) * src / dst
+        for j in range(int(np.floor(lo)), min(src, int(np.ceil(hi)))):
+            r[i, j] = max(0.0, min(hi, j + 1) - max(lo, j))
+    return r / r.sum(axis=1, keepdims=True)
+
+
+def resample_scores(scores: np.ndarray, grid: int) -> np.ndarray:
+    """Resample score maps [..., g, g] by area onto [..., grid, grid]."""
+    g = scores.shape[-1]
+    if g == grid:
+        return scores
+    r = area_resample_matrix(g, grid).astype(scores.dtype, copy=False)
+    return r @ scores @ r.T
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Row-major indices of the ``k`` highest cells of a G x G map, ascending.
+
+    Ties go to the lower index (stable sort), so the result is deterministic.
+    """
+    flat = np.asarray(scores).reshape(-1)
+    k = max(0, min(k, flat.size))
+    order = np.argsort(-flat, kind="stable")[:k]
+    return np.sort(order).astype(np.int16)
+
+
+def keep_count(keep_ratio: float, grid: int) -> int:
+    return round(keep_ratio * grid * grid)
+
+
+def flip_indices(indices: np.ndarray, grid: int) -> np.ndarray:
+    """Indices of the same pixels after a horizontal flip of the canonical view, ascending."""
+    idx = np.asarray(indices, dtype=np.int64)
+    rows, cols = idx // grid, idx % grid
+    return np.sort(rows * grid + (grid - 1 - cols)).astype(np.int16)

@@ -1,0 +1,166 @@
+"""Loading the scorer (and optional classifier) through transformers' ``from_pretrained``.
+
+A hub id (``facebook/dinov2-small-imagenet1k-1-layer``), a local directory, or a built-in tiny model. The
+tiny models have the real architectures (ViT / DINOv2 / DINOv2 with registers), random weights from a
+fixed seed, and are saved with ``save_pretrained`` then loaded back through the very same path as real
+weights: the dry run and the tests exercise the production loading code, only the weights differ.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TINY_VERSION = "v1"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    source: str  # what the config named
+    path: str  # where it was loaded from (hub id or directory)
+    revision: str | None
+    patch_size: int
+    num_prefix_tokens: int  # [CLS] + register tokens: the tokens before the patches
+    has_head: bool
+    id2label: dict[int, str] = field(default_factory=dict)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    needs_pos_interpolation_flag: bool = False  # ViT: pass interpolate_pos_encoding for other sizes
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DATAJUICER_RAY_CACHE", Path.home() / ".cache" / "datajuicer_ray"))
+
+
+def _imagenet_labels(n: int) -> dict[int, str]:
+    try:
+        from open_clip import IMAGENET_CLASSNAMES
+
+        names = list(IMAGENET_CLASSNAMES)
+    except Exception:  # noqa: BLE001 - only the label text is at stake
+        names = []
+    return {i: (names[i] if i < len(names) else f"class_{i}") for i in range(n)}
+
+
+def _tiny_config(name: str):
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig, ViTConfig
+
+    common = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=224)
+    if name == "tiny-random":  # DINOv2 /14 with an ImageNet-1k head, like dinov2-*-imagenet1k-1-layer
+        cfg = Dinov2Config(patch_size=14, **common)
+        cfg.architectures = ["Dinov2ForImageClassification"]
+    elif name == "tiny-random-dino":  # DINO v1 /16: a plain ViTModel, no head
+        cfg = ViTConfig(patch_size=16, **common)
+        cfg.architectures = ["ViTModel"]
+    elif name == "tiny-random-dinov2-registers":
+        cfg = Dinov2WithRegistersConfig(patch_size=14, num_register_tokens=4, **common)
+        cfg.architectures = ["Dinov2WithRegistersModel"]
+    elif name == "tiny-random-vit-classifier":  # a ViT /16 with a head, usable as vision.classifier
+        cfg = ViTConfig(patch_size=16, **common)
+        cfg.architectures = ["ViTForImageClassification"]
+    else:
+        raise ValueError(
+            f"vision.model: unknown built-in model {name!r} (tiny-random, tiny-random-dino, "
+            "tiny-random-dinov2-registers, tiny-random-vit-classifier)"
+        )
+    if cfg.architectures[0].endswith("ForImageClassification"):
+        cfg.id2label = _imagenet_labels(1000)
+        cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    return cfg
+
+
+def build_tiny_model(name: str, seed: int = 0) -> Path:
+    """Build (once) and save a tiny model of a real architecture; return its directory."""
+    from transformers import AutoModel, AutoModelForImageClassification, BitImageProcessor
+
+    target = cache_dir() / "models" / f"{name}-{TINY_VERSION}-seed{seed}"
+    if (target / "config.json").exists():
+        return target
+    cfg = _tiny_config(name)
+    torch.manual_seed(seed)
+    auto = AutoModelForImageClassification if cfg.architectures[0].endswith("ForImageClassification") else AutoModel
+    kwargs = {"add_pooling_layer": False} if cfg.model_type == "vit" and auto is AutoModel else {}
+    model = auto.from_config(cfg, **kwargs)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    model.save_pretrained(tmp)
+    BitImageProcessor(
+        do_resize=False, do_center_crop=False, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
+    ).save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: concurrent builders (several actors) race harmlessly
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(spec: str) -> str:
+    """A built-in name -> its local directory; anything else is passed to from_pretrained as is."""
+    return str(build_tiny_model(spec)) if spec.startswith("tiny-random") else spec
+
+
+def _norm_stats(path: str, revision: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(path, revision=revision)
+        return tuple(proc.image_mean), tuple(proc.image_std)
+    except Exception:  # noqa: BLE001 - checkpoints without a processor use ImageNet statistics
+        return IMAGENET_MEAN, IMAGENET_STD
+
+
+def load_model(spec: str, revision: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a ViT / DINO / DINOv2 checkpoint with SDPA attention (we never need eager attention)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per actor per load is noise in a job log
+
+    path = resolve(spec)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except Exception as err:
+        raise RuntimeError(f"cannot load vision model {spec!r} from {path!r}: {err}") from err
+    archs = config.architectures or []
+    has_head = any(a.endswith("ForImageClassification") for a in archs)
+    kwargs: dict = {"revision": revision, "attn_implementation": "sdpa"}
+    if has_head:
+        model = AutoModelForImageClassification.from_pretrained(path, **kwargs)
+    else:
+        if config.model_type == "vit":
+            kwargs["add_pooling_layer"] = False  # DINO v1 checkpoints carry no trained pooler
+        model = AutoModel.from_pretrained(path, **kwargs)
+    model.eval().to(device)
+    mean, std = _norm_stats(path, revision)
+    patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+    return LoadedModel(
+        model=model,
+        source=spec,
+        path=path,
+        revision=revision,
+        patch_size=int(patch),
+        num_prefix_tokens=1 + int(getattr(config, "num_register_tokens", 0) or 0),
+        has_head=has_head,
+        id2label={int(k): v for k, v in (config.id2label or {}).items()} if has_head else {},
+        mean=mean,
+        std=std,
+        needs_pos_interpolation_flag=config.model_type == "vit",
+    )
+
+
+def last_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """The last encoder layer's self-attention module (ViT, DINOv2, DINOv2 with registers)."""
+    # Module names differ between architectures and transformers versions (encoder.layer vs layers):
+    # the last module with q/k projections is the last layer's self-attention in all of them.
+    found = [m for m in model.base_model.modules() if hasattr(m, "q_proj") and hasattr(m, "k_proj")]
+    if not found:
+        raise TypeError(f"{type(model).__name__}: no self-attention with q_proj/k_proj found")
+    return found[-1]

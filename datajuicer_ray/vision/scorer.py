@@ -1,0 +1,222 @@
+"""Scorer stage (GPU actor pool): canonical views -> kept patches and named objects.
+
+The patch score is the last layer's [CLS]-to-patch attention, averaged over heads. We do not ask the
+model for ``output_attentions`` (that forces eager attention in every layer and materialises all of
+them): a pre-hook keeps the last layer's normalised input, and after the ordinary SDPA forward we
+recompute only the [CLS] query row against that layer's keys, ``softmax(q_cls K^T * scale)``: one
+1 x N row per head instead of N x N per head per layer. Object classes come from the same forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from datajuicer_ray.config import VisionConfig
+from datajuicer_ray.io import schema
+from datajuicer_ray.vision.geometry import resample_scores, top_k_indices
+from datajuicer_ray.vision.models import LoadedModel, last_attention, load_model
+
+log = logging.getLogger(__name__)
+
+
+class ClsAttentionProbe:
+    """Recomputes the last layer's [CLS] attention row from the input its attention module saw."""
+
+    def __init__(self, attention: torch.nn.Module):
+        self.attention = attention
+        self.hidden: torch.Tensor | None = None
+        attention.register_forward_pre_hook(self._keep_input, with_kwargs=True)
+
+    def _keep_input(self, module, args, kwargs):
+        self.hidden = args[0] if args else kwargs["hidden_states"]
+
+    @torch.inference_mode()
+    def cls_attention(self) -> torch.Tensor:
+        """[B, tokens]: attention of [CLS] to every token (prefix tokens included), mean over heads."""
+        assert self.hidden is not None, "run the model forward first"
+        m, h = self.attention, self.hidden
+        b, n, _ = h.shape
+        heads, dim = m.num_attention_heads, m.head_dim
+        q = m.q_proj(h[:, :1]).view(b, 1, heads, dim).transpose(1, 2)
+        k = m.k_proj(h).view(b, n, heads, dim).transpose(1, 2)
+        logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * m.scaling
+        self.hidden = None
+        return logits.softmax(dim=-1).mean(dim=1)[:, 0]
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
+    if setting == "auto":
+        return torch.bfloat16 if device == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+
+
+class PatchScorer:
+    """``batch -> batch``: scores rows with status ok; adds patch_grid, patch_index and objects."""
+
+    def __init__(self, vision: VisionConfig):
+        self.cfg = vision
+        self.device = pick_device(vision.device)
+        self.amp = autocast_dtype(vision.dtype, self.device)
+        self.size = vision.image_size
+        self.scorer_size = vision.scorer_image_size or vision.image_size
+        self.grid = vision.image_size // vision.patch_size
+        self.k = round(vision.keep_ratio * self.grid * self.grid)
+        self.scorer = load_model(vision.model, vision.revision, self.device)
+        self.probe = ClsAttentionProbe(last_attention(self.scorer.model))
+        self.classifier: LoadedModel | None = None
+        if not self.scorer.has_head and vision.classifier:
+            self.classifier = load_model(vision.classifier, None, self.device)
+        self.max_batch = vision.batch_size
+
+    # -- tensors ---------------------------------------------------------------------------
+
+    def _pixels(self, views: np.ndarray, lm: LoadedModel, size: int) -> torch.Tensor:
+        x = torch.from_numpy(views).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if size != self.size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp_(0.0, 1.0)
+        mean = torch.tensor(lm.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(lm.std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def _forward(self, lm: LoadedModel, pixels: torch.Tensor, size: int):
+        kwargs = {"pixel_values": pixels}
+        if lm.needs_pos_interpolation_flag and size != lm.model.config.image_size:
+            kwargs["interpolate_pos_encoding"] = True
+        amp = torch.autocast(self.device, dtype=self.amp) if self.amp is not None else nullcontext()
+        with torch.inference_mode(), amp:
+            return lm.model(**kwargs)
+
+    def score(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 views [B, S, S, 3] -> score maps on the target grid [B, G, G] and class probs [B, C]."""
+        out = self._forward(self.scorer, self._pixels(views, self.scorer, self.scorer_size), self.scorer_size)
+        attn = self.probe.cls_attention()[:, self.scorer.num_prefix_tokens :]
+        side = int(round(attn.shape[1] ** 0.5))
+        maps = attn.reshape(-1, side, side).double().cpu().numpy()
+        probs = None
+        if self.scorer.has_head:
+            probs = out.logits.float().softmax(-1).cpu().numpy()
+        elif self.classifier is not None:
+            size = int(self.classifier.model.config.image_size)
+            logits = self._forward(self.classifier, self._pixels(views, self.classifier, size), size).logits
+            probs = logits.float().softmax(-1).cpu().numpy()
+        return resample_scores(maps, self.grid), probs
+
+    def objects(self, probs: np.ndarray) -> list[list[dict]]:
+        """Classes with probability >= min_confidence, highest first, at most max_objects."""
+        labels = (self.classifier or self.scorer).id2label
+        result = []
+        for p in probs:
+            order = np.argsort(-p, kind="stable")[: self.cfg.max_objects]
+            result.append(
+                [
+                    {"label": labels.get(int(i), str(int(i))), "score": float(p[i])}
+                    for i in order
+                    if p[i] >= self.cfg.min_confidence
+                ]
+            )
+        return result
+
+    # -- failure handling ------------------------------------------------------------------
+
+    def _score_rows(self, views: np.ndarray) -> list[tuple[np.ndarray, list[dict]] | str]:
+        """Per row: (indices, objects) or an error string. A batch that fails (CUDA OOM or anything
+        else) is halved and retried, down to single rows, so one bad row costs only itself."""
+        try:
+            maps, probs = self.score(views)
+        except Exception as err:  # noqa: BLE001
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            if len(views) == 1:
+                return [f"{type(err).__name__}: {err}"]
+            if _is_oom(err):
+                self.max_batch = max(1, len(views) // 2)
+                log.warning("scorer: out of memory at batch %d, retrying at %d", len(views), self.max_batch)
+            half = len(views) // 2
+            return self._score_rows(views[:half]) + self._score_rows(views[half:])
+        objects = self.objects(probs) if probs is not None else [[] for _ in range(len(views))]
+        return [(top_k_indices(m, self.k), o) for m, o in zip(maps, objects)]
+
+    # -- the stage ------------------------------------------------------------------------
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        status = batch.column("status").to_pylist()
+        error = batch.column("error").to_pylist()
+        pixels = batch.column(schema.PIXELS_COL).to_pylist()
+        todo = [i for i in range(n) if status[i] == schema.OK and pixels[i] is not None]
+        grid: list = [None] * n
+        index: list = [None] * n
+        objects: list = [None] * n
+        s = self.size
+        for start in range(0, len(todo), self.max_batch):
+            rows = todo[start : start + self.max_batch]
+            views = np.stack([np.frombuffer(pixels[i], np.uint8).reshape(s, s, 3) for i in rows])
+            for i, res in zip(rows, self._score_rows(views)):
+                if isinstance(res, str):
+                    status[i], error[i] = schema.SCORE_ERROR, res
+                else:
+                    grid[i], index[i], objects[i] = self.grid, res[0].tolist(), res[1]
+        out = batch.drop_columns([schema.PIXELS_COL, "status", "error"])
+        out = out.append_column("patch_grid", pa.array(grid, pa.int16()))
+        out = out.append_column("patch_index", pa.array(index, pa.list_(pa.int16())))
+        out = out.append_column("objects", pa.array(objects, pa.list_(schema.OBJECT_TYPE)))
+        out = out.append_column("status", pa.array(status, pa.string()))
+        return out.append_column("error", pa.array(error, pa.string()))
+
+
+def _is_oom(err: Exception) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def scorer_run_info(vision: VisionConfig) -> dict:
+    """What `_run.json` records about the vision models, read from their configs (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from datajuicer_ray.vision.models import resolve
+
+    def describe(spec: str, revision: str | None) -> dict:
+        path = resolve(spec)
+        cfg = AutoConfig.from_pretrained(path, revision=revision)
+        patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+        archs = cfg.architectures or []
+        return {
+            "id": spec,
+            "path": path,
+            "revision": revision or getattr(cfg, "_commit_hash", None),
+            "architecture": archs[0] if archs else cfg.model_type,
+            "patch_size": int(patch),
+            "register_tokens": int(getattr(cfg, "num_register_tokens", 0) or 0),
+            "has_classification_head": any(a.endswith("ForImageClassification") for a in archs),
+            "num_labels": len(cfg.id2label or {}),
+        }
+
+    scorer = describe(vision.model, vision.revision)
+    info: dict = {"scorer": scorer, "classifier": None}
+    if scorer["has_classification_head"]:
+        info["objects"] = {"source": "scorer", "note": None}
+    elif vision.classifier:
+        info["classifier"] = describe(vision.classifier, None)
+        info["objects"] = {"source": "classifier", "note": None}
+    else:
+        info["objects"] = {
+            "source": None,
+            "note": f"{vision.model} has no image-classification head and vision.classifier is not set, "
+            "so `objects` is empty in every row",
+        }
+    size = vision.scorer_image_size or vision.image_size
+    info["scorer_grid"] = size // scorer["patch_size"]
+    info["scorer_image_size"] = size
+    return info

@@ -1,0 +1,75 @@
+"""Patch-grid geometry: canonical view, area resampling onto the target grid, top-k, flips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datajuicer_ray.vision.geometry import (
+    area_resample_matrix,
+    canonical_view,
+    flip_indices,
+    keep_count,
+    resample_scores,
+    top_k_indices,
+)
+
+
+@pytest.mark.parametrize("size", [(640, 427), (300, 451), (224, 224), (100, 50), (3000, 224)])
+def test_canonical_view_is_a_centred_square(size):
+    img = Image.new("RGB", size, (0, 0, 0))
+    # a white column in the middle must stay in the middle of the crop
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[:, size[0] // 2 - 2 : size[0] // 2 + 2] = 255
+    img = Image.fromarray(arr)
+    view = canonical_view(img, 224)
+    assert view.size == (224, 224)
+    cols = np.asarray(view)[:, :, 0].mean(axis=0)
+    centroid = float((cols * np.arange(224)).sum() / cols.sum())
+    assert abs(centroid - 111.5) <= 2
+
+
+def test_resample_matrix_is_exact_area_weighting():
+    r = area_resample_matrix(16, 14)
+    assert r.shape == (14, 16)
+    np.testing.assert_allclose(r.sum(axis=1), 1.0)
+    # target cell 0 covers source [0, 16/14): all of cell 0 and 1/7 of cell 1
+    np.testing.assert_allclose(r[0, :2], [1 / (16 / 14), (16 / 14 - 1) / (16 / 14)])
+    # every source cell contributes the same total area (16/14 target widths ... scaled)
+    np.testing.assert_allclose(r.sum(axis=0), np.full(16, 14 / 16))
+
+
+def test_dinov2_map_onto_vit16_grid_keeps_mass_and_position():
+    m = np.zeros((16, 16))
+    m[15, 15] = 1.0  # bottom-right scorer patch
+    out = resample_scores(m, 14)
+    assert out.shape == (14, 14)
+    # mean is preserved by area resampling
+    assert out.mean() == pytest.approx(m.mean())
+    assert np.unravel_index(np.argmax(out), out.shape) == (13, 13)
+    assert out[:12, :].sum() == 0 and out[:, :12].sum() == 0
+    constant = resample_scores(np.full((16, 16), 0.25), 14)
+    np.testing.assert_allclose(constant, 0.25)
+
+
+def test_top_k_on_a_hand_made_map():
+    m = np.zeros((4, 4))
+    m[0, 3], m[2, 1], m[3, 3], m[1, 1] = 0.9, 0.8, 0.7, 0.6
+    np.testing.assert_array_equal(top_k_indices(m, 3), [3, 9, 15])
+    idx = top_k_indices(m, keep_count(0.5, 4))
+    assert len(idx) == 8 and list(idx) == sorted(set(idx.tolist()))
+    # ties go to the lower index: deterministic
+    np.testing.assert_array_equal(top_k_indices(np.ones((3, 3)), 4), [0, 1, 2, 3])
+    assert top_k_indices(m, 0).size == 0 and top_k_indices(m, 99).size == 16
+
+
+def test_flip_mirrors_columns_and_is_an_involution():
+    g = 14
+    idx = np.array([0, 13, 14, 100, 195], np.int16)
+    flipped = flip_indices(idx, g)
+    assert sorted(flipped.tolist()) == sorted([13, 0, 27, 109, 182])
+    np.testing.assert_array_equal(flip_indices(flipped, g), idx)
+    # the flipped indices name the same pixels of the flipped image
+    img = np.random.RandomState(0).rand(g, g)
+    assert np.allclose(np.sort(img.reshape(-1)[idx]), np.sort(img[:, ::-1].reshape(-1)[flipped]))

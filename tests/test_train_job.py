@@ -1,0 +1,168 @@
+"""The training job end to end on a real local Ray: Ray Data pipeline, TorchTrainer with 2 gloo workers,
+checkpoints, and the resume path (model, optimizer, scheduler, step restored)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import skimage.data
+from PIL import Image
+
+from datajuicer_ray.config import ConfigError, load_train_config
+from datajuicer_ray.io.schema import output_schema
+from datajuicer_ray.vision.geometry import top_k_indices
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "train" / "dry_run.yaml"
+PHOTOS = {
+    "astronaut": "an astronaut in a white suit in front of a flag",
+    "coffee": "a cup of coffee on a saucer",
+    "chelsea": "a tabby cat looking to the side",
+    "rocket": "a rocket on its launch pad",
+    "immunohistochemistry": "a stained tissue sample under a microscope",
+    "hubble_deep_field": "galaxies in deep space",
+    "colorwheel": "a colour wheel of hues",
+    "coins": "old coins on a table",
+}
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _rows(n: int, rng: np.random.Generator) -> list[dict]:
+    names = list(PHOTOS)
+    rows = []
+    for i in range(n):
+        name = names[i % len(names)]
+        img = getattr(skimage.data, name)()
+        variant = i // len(names)  # crops/flips make each row a distinct image
+        if variant % 2:
+            img = img[:, ::-1]
+        h, w = img.shape[:2]
+        img = np.ascontiguousarray(img[: h - 20 * variant, 10 * variant :])
+        keep = 98 if i % 5 else 60 + i  # a few rows keep fewer patches: padded batches
+        idx = top_k_indices(rng.random((14, 14)), keep)
+        rows.append(
+            {
+                "key": f"{i:06d}",
+                "jpg": _jpeg(img),
+                "caption": f"photo {i}: {PHOTOS[name]}",
+                "caption_rewritten": None if i % 3 == 0 else f"{PHOTOS[name]} (view {variant})",
+                "rewrite_status": "disabled" if i % 3 == 0 else "ok",
+                "patch_grid": 14,
+                "patch_index": idx.tolist(),
+                "objects": [],
+                "status": "ok",
+                "error": None,
+            }
+        )
+    # A rejected row, as curation writes it: the trainer must skip it.
+    rows.append(
+        {
+            "key": "broken",
+            "jpg": b"not an image",
+            "caption": "unreadable",
+            "caption_rewritten": None,
+            "rewrite_status": "skipped:decode_error",
+            "patch_grid": None,
+            "patch_index": None,
+            "objects": None,
+            "status": "decode_error",
+            "error": "cannot identify image file",
+        }
+    )
+    return rows
+
+
+def make_curated(path: Path, n: int = 24, seed: int = 0) -> Path:
+    """A folder laid out like `datajuicer-ray curate` output: parts, _run.json with geometry, real JPEGs."""
+    path.mkdir(parents=True, exist_ok=True)
+    rows = _rows(n, np.random.default_rng(seed))
+    schema = output_schema("jpg")
+    half = len(rows) // 2
+    for part, chunk in enumerate((rows[:half], rows[half:])):
+        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), path / f"part-{part:05d}-0.parquet")
+    run = {
+        "config": {"input": {"columns": {"image": "jpg"}}, "output": {"keep_image": True}},
+        "geometry": {"S": 224, "P": 16, "G": 14},
+    }
+    (path / "_run.json").write_text(json.dumps(run))
+    return path
+
+
+@pytest.fixture(scope="module")
+def curated_like(tmp_path_factory) -> Path:
+    return make_curated(tmp_path_factory.mktemp("curated"))
+
+
+def _cfg(data: Path, storage: Path, *extra: str):
+    return load_train_config(
+        CONF, [f"data.path={data}", f"run.storage_path={storage}", "run.name=t", "train.checkpoint_every=10", *extra]
+    )
+
+
+def test_dataset_skips_rejected_rows_and_splits_by_key(ray_local, curated_like):
+    from datajuicer_ray.train.job import build_datasets
+
+    cfg = _cfg(curated_like, Path("/unused"), "data.materialize=false", "data.hflip=false")
+    ds = build_datasets(cfg)
+    train, val = ds["train"].take_all(), ds["val"].take_all()
+    assert len(train) + len(val) == 24  # the rejected row is gone, every ok row is in exactly one split
+    assert 1 <= len(val) <= 10
+    row = train[0]
+    assert row["image"].shape == (3, 224, 224) and row["image"].dtype == np.uint8
+    assert row["text"].shape == (32,)
+    kept = row["patch_index"][row["patch_index"] >= 0]
+    assert np.all(np.diff(kept) > 0) and kept.max() < 196
+
+
+def test_geometry_mismatch_is_a_config_error(ray_local, curated_like):
+    from datajuicer_ray.train.job import build_datasets
+
+    cfg = _cfg(curated_like, Path("/unused"), "model.name.vision_cfg.patch_size=14")
+    with pytest.raises(ConfigError, match="S=224, P=16"):
+        build_datasets(cfg)
+
+
+def test_not_a_curated_folder_is_a_config_error(tmp_path):
+    from datajuicer_ray.train.data import open_source
+
+    with pytest.raises(ConfigError, match="no part-"):
+        open_source(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_train_checkpoints_then_resumes(ray_local, curated_like, tmp_path):
+    from datajuicer_ray.train.checkpoint import load_state
+    from datajuicer_ray.train.job import run_training
+
+    first = run_training(_cfg(curated_like, tmp_path, "train.steps=20"))
+    m = first["metrics"]
+    assert first["resumed_from_step"] == -1
+    assert m["step"] == 20
+    assert m["loss"] < m["loss_first"]  # a fixed small set: the model fits it
+    assert 0.0 <= m["val_i2t_R@1"] <= m["val_i2t_R@5"] <= 1.0
+    assert Path(first["checkpoint"], "state.pt").exists()
+
+    second = run_training(_cfg(curated_like, tmp_path, "train.steps=25"))
+    assert second["resumed_from_step"] == 20
+    assert second["metrics"]["step"] == 25
+
+    from ray.train import Checkpoint
+
+    state = load_state(Checkpoint(second["checkpoint"]))
+    assert state["position"]["step"] == 25
+    assert state["scheduler"]["last_epoch"] == 25  # the schedule continued, not restarted
+    # The history spans both runs: the resumed run appended to the first one's.
+    steps = [s for s, _ in state["position"]["history"]]
+    assert steps[0] == 5 and steps[-1] == 25 and 20 in steps
+    # AdamW's per-parameter step counts continued too: its moments were restored, not reset.
+    assert {float(v["step"]) for v in state["optimizer"]["state"].values()} == {25.0}
