@@ -16,7 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datajuicer-ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("curate", help="score patches, name objects, rewrite captions; write the curated table")
+    c = sub.add_parser(
+        "curate", help="score patches, name objects, rewrite captions; write the curated table"
+    )
     c.add_argument("config", help="YAML config, e.g. conf/dry_run.yaml")
     c.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. vision.keep_ratio=0.3")
 

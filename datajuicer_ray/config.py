@@ -93,6 +93,10 @@ class VisionConfig:
     # CPUs per decode task / per scorer actor.
     decode_num_cpus: float = 1.0
     num_cpus: float = 1.0
+    # Memory reserved per decode task (a 64 Mpx image decodes to ~200 MB of RGB).
+    decode_memory_mb: int = 512
+    # Extra Ray resources per scorer actor, e.g. {"accelerator_type:H100": 0.001} or a node label resource.
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -269,18 +273,40 @@ def to_dict(cfg: Any) -> dict:
 def fingerprint(cfg: CurateConfig) -> str:
     """Hash of the settings that change what a row becomes; a resume must match it.
 
-    Resource knobs (actor counts, batch sizes, Ray address) and the output path are left out so that a
-    re-run on a bigger cluster still resumes.
+    Resource knobs (actor counts, batch sizes, Ray address), slicing and the output path are left out so
+    that a re-run on a bigger cluster, or of the next slice, still resumes.
     """
     d = to_dict(cfg)
     d.pop("ray")
     d["output"].pop("path")
     d["output"].pop("mode")
-    d["input"].pop("rows_per_block")
+    # Slicing a corpus (shard, max_files) into one output folder is how big corpora are run in pieces.
+    for k in ("rows_per_block", "shard", "max_files"):
+        d["input"].pop(k)
     for section, keys in {
-        "vision": ["batch_size", "min_actors", "max_actors", "num_gpus", "num_cpus", "decode_num_cpus", "device"],
-        "rewrite": ["batch_size", "concurrency", "num_cpus", "min_actors", "max_actors", "qps", "url",
-                    "api_key_env", "gpu_memory_utilization", "tensor_parallel_size"],
+        "vision": [
+            "batch_size",
+            "min_actors",
+            "max_actors",
+            "num_gpus",
+            "num_cpus",
+            "decode_num_cpus",
+            "device",
+            "decode_memory_mb",
+            "resources",
+        ],
+        "rewrite": [
+            "batch_size",
+            "concurrency",
+            "num_cpus",
+            "min_actors",
+            "max_actors",
+            "qps",
+            "url",
+            "api_key_env",
+            "gpu_memory_utilization",
+            "tensor_parallel_size",
+        ],
     }.items():
         for k in keys:
             d[section].pop(k)
@@ -357,6 +383,7 @@ def _validate_curate(cfg: CurateConfig) -> None:
     _require(v.max_pixels > 0, "vision.max_pixels", "must be > 0")
     _require(v.max_image_bytes > 0, "vision.max_image_bytes", "must be > 0")
     _require(1 <= v.min_actors <= v.max_actors, "vision.min_actors", "need 1 <= min_actors <= max_actors")
+    _require(v.decode_memory_mb >= 0, "vision.decode_memory_mb", "must be >= 0")
     _require(v.num_gpus >= 0 or v.num_gpus == -1, "vision.num_gpus", "must be >= 0, or -1 for auto")
     _one_of(r.backend, "rewrite.backend", ("vllm", "http", "transformers"))
     _require(not (r.only and not r.enabled), "rewrite.only", "needs rewrite.enabled=true")
@@ -403,7 +430,9 @@ def _validate_train(cfg: TrainConfig) -> None:
     _require(bool(d.caption_column), "data.caption_column", "must be set")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _one_of(cfg.eval.templates, "eval.templates", ("simple", "openai"))
-    _require(isinstance(m.name, (str, dict)) and bool(m.name), "model.name", "an open_clip name or a model config")
+    _require(
+        isinstance(m.name, (str, dict)) and bool(m.name), "model.name", "an open_clip name or a model config"
+    )
 
 
 _VALIDATORS = {CurateConfig: _validate_curate, TrainConfig: _validate_train}

@@ -76,19 +76,24 @@ def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str |
             fn_kwargs={"vision": cfg.vision},
             batch_size=min(64, cfg.input.rows_per_block),
             batch_format="pyarrow",
-            # A remote-args function keeps Ray Data from fusing decoding into the scorer's actors: decoding
-            # must fan out over CPU tasks while the (GPU) scorer only runs the model.
-            ray_remote_args_fn=lambda: {"num_cpus": cfg.vision.decode_num_cpus},
+            num_cpus=cfg.vision.decode_num_cpus,
+            # Besides reserving room for big images, a memory request differs from the scorer's remote
+            # args, which keeps Ray Data from fusing decoding into the scorer actors: decoding must fan out
+            # over CPU tasks while the (GPU) scorer only runs the model.
+            memory=cfg.vision.decode_memory_mb * 2**20 or None,
         )
         num_gpus, _ = scorer_resources(cfg)
         ds = ds.map_batches(
             PatchScorer,
             fn_constructor_kwargs={"vision": cfg.vision},
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.vision.min_actors, max_size=cfg.vision.max_actors),
+            compute=ray.data.ActorPoolStrategy(
+                min_size=cfg.vision.min_actors, max_size=cfg.vision.max_actors
+            ),
             batch_size=cfg.vision.batch_size,
             batch_format="pyarrow",
             num_gpus=num_gpus,
             num_cpus=cfg.vision.num_cpus,
+            resources=dict(cfg.vision.resources) or None,
         )
     if cfg.rewrite.enabled:
         from datajuicer_ray.text.stage import add_rewrite_stage
@@ -122,8 +127,12 @@ def output_image_column(cfg: CurateConfig) -> str | None:
     if not cfg.output.keep_image:
         return None
     if cfg.rewrite.only:
-        return read_curated_run_info(cfg.input.path).get("config", {}).get("input", {}).get("columns", {}).get(
-            "image", cfg.input.columns.image
+        return (
+            read_curated_run_info(cfg.input.path)
+            .get("config", {})
+            .get("input", {})
+            .get("columns", {})
+            .get("image", cfg.input.columns.image)
         )
     return cfg.input.columns.image
 
@@ -136,7 +145,9 @@ def check_resume(cfg: CurateConfig) -> dict:
     if previous.get("fingerprint") == fingerprint(cfg):
         return previous
     old, new = _flatten(previous.get("config", {})), _flatten(to_dict(cfg))
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith("ray.")]
+    changed = [
+        k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith("ray.")
+    ]
     detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
     raise RunConflict(
         f"output.path: {cfg.output.path} holds a run with a different config ({detail or 'fingerprint differs'}); "
@@ -218,7 +229,9 @@ def curate(cfg: CurateConfig) -> dict:
     writer.write_json_atomic(fs_root[0], f"{fs_root[1]}/_run.json", info)
     removed = writer.clear_unfinished(cfg.output.path, pending)
     if done:
-        print(f"[curate] resuming: {len(done)} of {len(files)} input files already finished, {len(pending)} to go")
+        print(
+            f"[curate] resuming: {len(done)} of {len(files)} input files already finished, {len(pending)} to go"
+        )
     if removed:
         log.info("removed %d leftover parts of unfinished files", removed)
 
@@ -229,7 +242,9 @@ def curate(cfg: CurateConfig) -> dict:
     committer = writer.Committer(cfg.output.path, pending, expected)
     progress = Progress(total_files=len(pending), expected_rows=sum(v for v in expected.values() if v > 0))
     t_stream = time.time()
-    for batch in build_dataset(cfg, pending, image_column).iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in build_dataset(cfg, pending, image_column).iter_batches(
+        batch_size=None, batch_format="pyarrow"
+    ):
         for meta in batch.to_pylist():
             finished = committer.add(meta)
             progress.update(len(meta["rows"]), finished is not None)
@@ -239,7 +254,11 @@ def curate(cfg: CurateConfig) -> dict:
     summary = writer.summarize(
         cfg.output.path,
         images_per_s=rows_this_run / elapsed if elapsed > 0 else 0.0,
-        this_run={"rows": rows_this_run, "files": len(committer.committed), "seconds": round(time.time() - t0, 2)},
+        this_run={
+            "rows": rows_this_run,
+            "files": len(committer.committed),
+            "seconds": round(time.time() - t0, 2),
+        },
     )
     writer.write_json_atomic(fs_root[0], f"{fs_root[1]}/_summary.json", summary)
     info["ended_at"] = time.time()
@@ -249,7 +268,9 @@ def curate(cfg: CurateConfig) -> dict:
 
 
 def curate_from_cli(config_path: str, overrides: list[str]) -> int:
-    logging.basicConfig(level=os.environ.get("DATAJUICER_RAY_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("DATAJUICER_RAY_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+    )
     cfg = load_curate_config(config_path, overrides)
     summary = curate(cfg)
     return 0 if summary.get("rows_in") == summary.get("rows_out") else 1

@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from datajuicer_ray.config import ConfigError, fingerprint, load_curate_config, load_train_config, parse_shard
-
-from conftest import REPO
 
 DRY = REPO / "conf" / "dry_run.yaml"
 
@@ -60,7 +59,9 @@ def test_shard_parsing():
 
 def test_fingerprint_ignores_resources_but_not_semantics():
     a = load_curate_config(DRY)
-    assert fingerprint(a) == fingerprint(load_curate_config(DRY, ["vision.batch_size=3", "vision.max_actors=8"]))
+    assert fingerprint(a) == fingerprint(
+        load_curate_config(DRY, ["vision.batch_size=3", "vision.max_actors=8"])
+    )
     assert fingerprint(a) != fingerprint(load_curate_config(DRY, ["vision.keep_ratio=0.25"]))
 
 
@@ -78,5 +79,8 @@ def test_cli_reports_config_error_without_starting_ray(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 2
-    assert "config error: vision.min_confidense: unknown key (did you mean vision.min_confidence?)" in proc.stderr
+    assert (
+        "config error: vision.min_confidense: unknown key (did you mean vision.min_confidence?)"
+        in proc.stderr
+    )
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout

@@ -37,7 +37,11 @@ def decode_rows(images, statuses=None, errors=None, **vision):
         }
     )
     out = Decoder(VisionConfig(**vision))(batch)
-    return out.column("status").to_pylist(), out.column("error").to_pylist(), out.column(schema.PIXELS_COL).to_pylist()
+    return (
+        out.column("status").to_pylist(),
+        out.column("error").to_pylist(),
+        out.column(schema.PIXELS_COL).to_pylist(),
+    )
 
 
 def view(pixels: bytes, size=224) -> np.ndarray:

@@ -292,7 +292,11 @@ def test_rayjob_runs_our_entrypoint_and_cleans_up(manifest, job):
     assert (ROOT / argv[1]).is_file(), f"{argv[1]} is not in the repository"
     assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode", "SidecarMode", "InteractiveMode")
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
-    RuntimeEnv(**yaml.safe_load(spec["runtimeEnvYAML"]))
+    env = yaml.safe_load(spec["runtimeEnvYAML"])
+    # The job runs from the image's app directory (Ray checks a local working_dir exists, so not here).
+    workdir = next(arg for op, arg in _instructions(ROOT / "docker" / "Dockerfile.gpu") if op == "WORKDIR")
+    assert env.pop("working_dir") == workdir
+    RuntimeEnv(**env)
 
 
 @pytest.mark.parametrize(
@@ -531,9 +535,9 @@ def test_cpu_image_runs_the_dry_run():
     ]
 
 
-@pytest.mark.parametrize("lock", sorted((ROOT / "docker").glob("requirements-*.lock")), ids=lambda p: p.name)
+@pytest.mark.parametrize("lock", ["requirements-gpu.lock", "requirements-cpu.lock"])
 def test_lock_files_pin_every_package(lock):
-    reqs = [line.split("#")[0].strip() for line in lock.read_text().splitlines()]
+    reqs = [line.split("#")[0].strip() for line in (ROOT / "docker" / lock).read_text().splitlines()]
     reqs = [r for r in reqs if r and not r.startswith("-")]
     assert reqs
     for req in reqs:
@@ -541,6 +545,12 @@ def test_lock_files_pin_every_package(lock):
     pins = dict(r.lower().split("==") for r in reqs)
     assert "datajuicer-ray" not in pins, "the package itself is installed from source, not from the lock"
     assert pins["ray"] == _ray_version()
+    if lock == "requirements-gpu.lock":
+        assert pins["vllm"] == "0.29.0", "ray[llm]==2.60.0 pins vllm 0.29.0"
+    else:  # torch comes from the CPU wheel index: none of the CUDA build's packages may sneak in
+        assert not [
+            n for n in pins if n in ("torch", "torchvision", "triton") or n.startswith(("nvidia-", "cuda-"))
+        ]
 
 
 def _docker_ignored(path: str, patterns: list[str]) -> bool:

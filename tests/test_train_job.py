@@ -105,7 +105,15 @@ def curated_like(tmp_path_factory) -> Path:
 
 def _cfg(data: Path, storage: Path, *extra: str):
     return load_train_config(
-        CONF, [f"data.path={data}", f"run.storage_path={storage}", "run.name=t", "train.checkpoint_every=10", *extra]
+        CONF,
+        [
+            f"data.path={data}",
+            f"run.storage_path={storage}",
+            "run.name=t",
+            "train.checkpoint_every=6",
+            "train.log_every=3",
+            *extra,
+        ],
     )
 
 
@@ -140,29 +148,43 @@ def test_not_a_curated_folder_is_a_config_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_checkpoints_then_resumes(ray_local, curated_like, tmp_path):
-    from datajuicer_ray.train.checkpoint import load_state
-    from datajuicer_ray.train.job import run_training
+def test_cli_trains_on_the_dry_run_curation_then_resumes(ray_local, curated_dir, tmp_path, capsys):
+    """The done-when: `datajuicer-ray train conf/train/dry_run.yaml data.path=CURATED_DIR` on 2 gloo workers,
+    loss down on a fixed small set, a checkpoint written, a second run resuming from it."""
+    from ray.train import Checkpoint
 
-    first = run_training(_cfg(curated_like, tmp_path, "train.steps=20"))
+    from datajuicer_ray.cli import main
+    from datajuicer_ray.train.checkpoint import load_state
+
+    args = [
+        "train",
+        str(CONF),
+        f"data.path={curated_dir}",
+        f"run.storage_path={tmp_path}",
+        "run.name=t",
+        "train.checkpoint_every=6",
+        "train.log_every=3",
+    ]
+    assert main([*args, "train.steps=12"]) == 0
+    out = capsys.readouterr().out
+    assert "fresh start" in out
+    first = json.loads(out[out.index("{") :])
     m = first["metrics"]
-    assert first["resumed_from_step"] == -1
-    assert m["step"] == 20
+    assert m["step"] == 12 and first["resumed_from_step"] == -1
     assert m["loss"] < m["loss_first"]  # a fixed small set: the model fits it
     assert 0.0 <= m["val_i2t_R@1"] <= m["val_i2t_R@5"] <= 1.0
     assert Path(first["checkpoint"], "state.pt").exists()
 
-    second = run_training(_cfg(curated_like, tmp_path, "train.steps=25"))
-    assert second["resumed_from_step"] == 20
-    assert second["metrics"]["step"] == 25
-
-    from ray.train import Checkpoint
+    assert main([*args, "train.steps=15"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 12" in out
+    second = json.loads(out[out.index("{") :])
+    assert second["resumed_from_step"] == 12 and second["metrics"]["step"] == 15
 
     state = load_state(Checkpoint(second["checkpoint"]))
-    assert state["position"]["step"] == 25
-    assert state["scheduler"]["last_epoch"] == 25  # the schedule continued, not restarted
-    # The history spans both runs: the resumed run appended to the first one's.
-    steps = [s for s, _ in state["position"]["history"]]
-    assert steps[0] == 5 and steps[-1] == 25 and 20 in steps
+    assert state["position"]["step"] == 15
+    assert state["scheduler"]["last_epoch"] == 15  # the schedule continued, not restarted
+    # The loss history spans both runs: the resumed run appended to the first one's.
+    assert [s for s, _ in state["position"]["history"]] == [3, 6, 9, 12, 15]
     # AdamW's per-parameter step counts continued too: its moments were restored, not reset.
-    assert {float(v["step"]) for v in state["optimizer"]["state"].values()} == {25.0}
+    assert {float(v["step"]) for v in state["optimizer"]["state"].values()} == {15.0}

@@ -211,12 +211,17 @@ def _wds_row(sample: dict, cols: ColumnsConfig) -> dict:
 
 def _wds_blocks(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Iterator[dict[str, list]]:
     block: dict[str, list] = {k: [] for k in ("key", "caption", "image", "status", "error")}
-    for sample in _wds_samples(f, cols):
-        for k, v in _wds_row(sample, cols).items():
-            block[k].append(v)
-        if len(block["key"]) >= rows_per_block:
+    try:
+        for sample in _wds_samples(f, cols):
+            for k, v in _wds_row(sample, cols).items():
+                block[k].append(v)
+            if len(block["key"]) >= rows_per_block:
+                yield block
+                block = {k: [] for k in block}
+    except Exception:
+        if block["key"]:  # a shard that breaks off: the samples read before the break still count
             yield block
-            block = {k: [] for k in block}
+        raise
     if block["key"]:
         yield block
 
@@ -227,7 +232,11 @@ def read_file(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Iterato
     A file that cannot be read (or breaks off) ends in one ``read_error`` row that says why, so the
     failure is in the output and the rows read before it are kept.
     """
-    blocks = _parquet_blocks(f, cols, rows_per_block) if f.format == "parquet" else _wds_blocks(f, cols, rows_per_block)
+    blocks = (
+        _parquet_blocks(f, cols, rows_per_block)
+        if f.format == "parquet"
+        else _wds_blocks(f, cols, rows_per_block)
+    )
     start, pending = 0, None
     try:
         for block in blocks:

@@ -65,12 +65,23 @@ def _variants() -> list[tuple[str, bytes | None, str, str | None]]:
     # A photo taken sideways: stored rotated, with EXIF orientation 6 saying how to show it.
     exif = Image.Exif()
     exif[0x0112] = 6
-    rows.append(("astronaut portrait, rotated camera", _encode(astro.rotate(90, expand=True), "jpeg", exif=exif), "success", None))
+    rows.append(
+        (
+            "astronaut portrait, rotated camera",
+            _encode(astro.rotate(90, expand=True), "jpeg", exif=exif),
+            "success",
+            None,
+        )
+    )
     rows.append(("cat on a transparent background", _encode(_with_alpha(cat), "png"), "success", None))
     rows.append(("coffee cup, cmyk print scan", _encode(coffee.convert("CMYK"), "jpeg"), "success", None))
-    rows.append(("rocket, gif", _encode(rocket.convert("P", palette=Image.Palette.ADAPTIVE), "gif"), "success", None))
+    rows.append(
+        ("rocket, gif", _encode(rocket.convert("P", palette=Image.Palette.ADAPTIVE), "gif"), "success", None)
+    )
     rows.append(("moon, 16-bit scan", _encode(_sixteen_bit(_photo("moon")), "png"), "success", None))
-    rows.append(("a wide panorama of the coffee table", _encode(coffee.resize((900, 300)), "webp"), "success", None))
+    rows.append(
+        ("a wide panorama of the coffee table", _encode(coffee.resize((900, 300)), "webp"), "success", None)
+    )
     good = _encode(rocket.convert("RGB"), "jpeg")
     rows.append(("rocket photo (download cut off)", good[: len(good) // 3], "success", None))
     rows.append(("beautiful sunset over the sea", None, "failed_to_download", "HTTP Error 404: Not Found"))

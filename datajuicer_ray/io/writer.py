@@ -72,7 +72,9 @@ def to_output_table(batch: pa.Table, image_column: str | None) -> pa.Table:
     n = batch.num_rows
     cols = {"key": batch.column("key")}
     if image_column:
-        cols[image_column] = batch.column(IMAGE_COL) if IMAGE_COL in batch.column_names else pa.nulls(n, pa.binary())
+        cols[image_column] = (
+            batch.column(IMAGE_COL) if IMAGE_COL in batch.column_names else pa.nulls(n, pa.binary())
+        )
     cols["caption"] = batch.column("caption")
     if "rewrite_status" in batch.column_names:
         cols["caption_rewritten"] = batch.column("caption_rewritten")
@@ -216,7 +218,9 @@ class Committer:
         entry = {
             "file_id": file_id,
             "input": f.path,
-            "rows_expected": self.expected.get(file_id, -1) if self.expected.get(file_id, -1) >= 0 else len(st.seen),
+            "rows_expected": self.expected.get(file_id, -1)
+            if self.expected.get(file_id, -1) >= 0
+            else len(st.seen),
             "rows_written": len(st.seen),
             "parts": sorted(st.parts),
             "by_status": dict(st.by_status),

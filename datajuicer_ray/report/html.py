@@ -177,7 +177,8 @@ def _card(c: Card, grid: int) -> str:
         f'data-rewritten="{"yes" if c.rewritten_html is not None else "no"}" data-classes="{_attr(classes)}">'
         f'{_thumb(c)}<div class="body"><div class="head">{badges}</div><div class="key">{escape(c.key)}</div>'
         f'{error}<div class="objects">{objects}</div>'
-        f'<div class="cap"><span class="lab">original</span>{caption}</div>{rewrite}</div></article>'
+        f'<div class="cap"><span class="lab">{"original" if rewrite else "caption"}</span>{caption}</div>'
+        f"{rewrite}</div></article>"
     )
 
 

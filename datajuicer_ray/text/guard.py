@@ -12,7 +12,8 @@ too_long       more than ``max_words`` words or ``max_chars`` characters
 truncated      generation stopped at ``max_new_tokens`` instead of ending the caption
 multiline      more than one line (captions are one line; a second one is commentary)
 refusal        "I'm sorry", "As an AI", "I cannot ..."
-chatter        assistant voice: "Sure!", "Here's the rewrite", "Let me know ..."
+chatter        assistant voice ("Sure!", "Here's the rewrite", "Let me know ...") or prompt echo
+               ("no objects detected", "the caption")
 injection      the rewrite follows or repeats an instruction hidden in the caption (see below)
 language       another writing system, or a clearly different Latin-script language (:mod:`.language`)
 no_content     no content word at all ("A photo.")
@@ -52,7 +53,9 @@ CHATTER_RE = re.compile(
     r"^(?:sure|certainly|of course|okay|absolutely|as requested)\b"
     rf"|^here{_APOS}?s?(?: is| are)? (?:the |a |your |my )?(?:rewritten |new |improved |revised )?(?:caption|rewrite|version)\b"
     rf"|^(?:I{_APOS}ve|I have|I{_APOS}ll|I will|let me)\b"
-    r"|\b(?:would you like|let me know|feel free to|hope this helps|I hope this)\b",
+    r"|\b(?:would you like|let me know|feel free to|hope this helps|I hope this)\b"
+    # Echoes of the prompt's own wording.
+    r"|\b(?:no objects|objects? (?:were )?detected|detected objects?|confidence scores?|the (?:original )?caption)\b",
     re.IGNORECASE,
 )
 ROLE_RE = re.compile(

@@ -89,7 +89,9 @@ def describe(name: str, revision: str | None = None) -> ModelSource:
     if name == TINY_RANDOM:
         gguf = smollm2_gguf()
         sha = file_sha256(str(gguf))
-        return ModelSource(name, str(cache_dir() / f"tiny-random-{_TINY_VERSION}-{sha[:16]}"), None, str(gguf), sha)
+        return ModelSource(
+            name, str(cache_dir() / f"tiny-random-{_TINY_VERSION}-{sha[:16]}"), None, str(gguf), sha
+        )
     return ModelSource(name, name, revision)
 
 
@@ -164,7 +166,9 @@ def load_tokenizer(src: ModelSource) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.path, revision=src.revision)
     except (OSError, ValueError) as err:
-        raise ModelError(f"rewrite.model={src.name!r}: cannot load its tokenizer from {src.path}: {err}") from err
+        raise ModelError(
+            f"rewrite.model={src.name!r}: cannot load its tokenizer from {src.path}: {err}"
+        ) from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -79,8 +79,12 @@ def plan_table(table: pa.Table, rewrite: RewriteConfig, tokenizer: Tokenizer | N
             raise ValueError(f"rewrite: the input has no {name!r} column (columns: {table.column_names})")
     captions = table.column("caption").to_pylist()
     statuses = table.column("status").to_pylist()
-    objects = table.column("objects").to_pylist() if "objects" in table.column_names else [None] * len(captions)
-    return [plan_row(c, o, s, rewrite, tokenizer) for c, o, s in zip(captions, objects, statuses, strict=True)]
+    objects = (
+        table.column("objects").to_pylist() if "objects" in table.column_names else [None] * len(captions)
+    )
+    return [
+        plan_row(c, o, s, rewrite, tokenizer) for c, o, s in zip(captions, objects, statuses, strict=True)
+    ]
 
 
 def failure_status(error: str) -> str:

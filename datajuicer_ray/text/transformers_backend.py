@@ -64,7 +64,8 @@ class TransformersRewriter:
         import torch
 
         texts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
         ]
         # The chat template already wrote the special tokens it needs.
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)

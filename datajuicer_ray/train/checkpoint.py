@@ -59,7 +59,13 @@ def restore(state: dict, model: torch.nn.Module, optimizer: Any, scheduler: Any)
 
 
 def report_with_checkpoint(
-    metrics: dict, model: torch.nn.Module, optimizer: Any, scheduler: Any, pos: Position, config: dict, rank: int
+    metrics: dict,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    pos: Position,
+    config: dict,
+    rank: int,
 ) -> None:
     """Every worker reports (Ray Train expects all of them); only rank 0 writes the checkpoint."""
     import ray.train

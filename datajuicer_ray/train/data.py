@@ -47,10 +47,14 @@ def open_source(path: str) -> Source:
     """Check that ``path`` is a curated folder with images; raise ConfigError saying what is wrong."""
     parts = curated.list_parts(path)
     if not parts:
-        raise ConfigError(f"data.path: no part-*.parquet in {path!r}; point it at a `datajuicer-ray curate` output")
+        raise ConfigError(
+            f"data.path: no part-*.parquet in {path!r}; point it at a `datajuicer-ray curate` output"
+        )
     column = curated.image_column(path)
     if column is None:
-        raise ConfigError(f"data.path: {path!r} was curated with output.keep_image=false; training needs the images")
+        raise ConfigError(
+            f"data.path: {path!r} was curated with output.keep_image=false; training needs the images"
+        )
     geo = curated.geometry(path)
     return Source(path, tuple(parts), column, geo["S"], geo["P"], geo["G"])
 

@@ -6,7 +6,6 @@ feeds the kept patches instead (retrieval only: a labelled set has no patch indi
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,7 +79,9 @@ def retrieval_on_batches(
 # zero-shot
 
 
-def load_labelled(path: str, image_column: str = "jpg", label_column: str = "label") -> tuple[list, list[str]]:
+def load_labelled(
+    path: str, image_column: str = "jpg", label_column: str = "label"
+) -> tuple[list, list[str]]:
     """A labelled set: a folder with one sub-folder per class, or a Parquet table (image bytes, label).
 
     Returns ([(encoded image bytes or file path, class id)], class names). Sub-folders named by ImageNet
@@ -92,12 +93,16 @@ def load_labelled(path: str, image_column: str = "jpg", label_column: str = "lab
         return _labelled_folder(p)
     if p.suffix == ".parquet" or p.is_dir():
         return _labelled_table(path, image_column, label_column)
-    raise ConfigError(f"eval.zero_shot_path: {path!r} is neither a class-per-folder directory nor a Parquet table")
+    raise ConfigError(
+        f"eval.zero_shot_path: {path!r} is neither a class-per-folder directory nor a Parquet table"
+    )
 
 
 def _labelled_folder(root: Path) -> tuple[list, list[str]]:
     classes = sorted(c.name for c in root.iterdir() if c.is_dir())
-    if len(classes) == len(IMAGENET_CLASSNAMES) and all(c.startswith("n") and c[1:].isdigit() for c in classes):
+    if len(classes) == len(IMAGENET_CLASSNAMES) and all(
+        c.startswith("n") and c[1:].isdigit() for c in classes
+    ):
         names = list(IMAGENET_CLASSNAMES)  # sorted synsets are ImageNet's class order
     else:
         names = [c.replace("_", " ") for c in classes]
@@ -145,7 +150,9 @@ def zero_shot(
     tmpl = SIMPLE_IMAGENET_TEMPLATES if templates == "simple" else OPENAI_IMAGENET_TEMPLATES
     was_training = clip.training
     clip.eval()
-    classifier = build_zero_shot_classifier(clip, tokenizer, names, tmpl, num_classes_per_batch=10, device=device)
+    classifier = build_zero_shot_classifier(
+        clip, tokenizer, names, tmpl, num_classes_per_batch=10, device=device
+    )
     top1 = top5 = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -159,4 +166,9 @@ def zero_shot(
         top5 += int((top == target[:, None]).any(dim=1).sum())
     clip.train(was_training)
     n = len(items)
-    return {"zero_shot_top1": top1 / n, "zero_shot_top5": top5 / n, "zero_shot_images": n, "classes": len(names)}
+    return {
+        "zero_shot_top1": top1 / n,
+        "zero_shot_top5": top5 / n,
+        "zero_shot_images": n,
+        "classes": len(names),
+    }

@@ -77,7 +77,9 @@ class Trainer:
             if self.rank == 0:
                 log.info(
                     "resumed from checkpoint at step %d (epoch %d, batch %d of it)",
-                    self.pos.step, self.pos.epoch, self.pos.batch_in_epoch,
+                    self.pos.step,
+                    self.pos.epoch,
+                    self.pos.batch_in_epoch,
                 )
         self.loss = ClipLoss(
             local_loss=True, gather_with_grad=True, cache_labels=True, rank=self.rank, world_size=self.world
@@ -135,13 +137,22 @@ class Trainer:
         out: dict[str, Any] = {}
         if self.config["data"]["val_fraction"] > 0:
             val = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=int(e["batch_size"]))
-            r = evaluate.retrieval_on_batches(self.clip, val, self.device, self.mean, self.std, e["kept_patches"])
+            r = evaluate.retrieval_on_batches(
+                self.clip, val, self.device, self.mean, self.std, e["kept_patches"]
+            )
             out.update({f"val_{k}": v for k, v in r.items()})
         if e["zero_shot_path"]:
             tok = factory.tokenizer(self.config["model"]["name"])
             z = evaluate.zero_shot(
-                self.clip, tok, e["zero_shot_path"], self.image_size, self.device, self.mean, self.std,
-                int(e["batch_size"]), e["templates"],
+                self.clip,
+                tok,
+                e["zero_shot_path"],
+                self.image_size,
+                self.device,
+                self.mean,
+                self.std,
+                int(e["batch_size"]),
+                e["templates"],
             )
             out.update(z)
         return out
@@ -165,12 +176,16 @@ class Trainer:
         log_every = int(t["log_every"])
         if self.pos.step >= self.steps:
             if self.rank == 0:
-                log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", self.pos.step, self.steps)
+                log.info(
+                    "checkpoint is at step %d >= train.steps=%d: nothing to train", self.pos.step, self.steps
+                )
             last = self.pos.history[-1][1] if self.pos.history else float("nan")
             self._report(last, 0.0, final=True)
             return
         self.model.train()
         skip = self.pos.batch_in_epoch
+        window: list[float] = []
+        seconds = 0.0
         while self.pos.step < self.steps:
             seen = 0
             for batch in self._batches(self.pos.epoch):
@@ -179,14 +194,17 @@ class Trainer:
                     skip -= 1
                     continue
                 began = time.perf_counter()
-                loss = self.step(batch)
+                window.append(self.step(batch))
+                seconds += time.perf_counter() - began
                 self.pos.step += 1
                 self.pos.batch_in_epoch = seen
                 final = self.pos.step >= self.steps
                 if final or self.pos.step % log_every == 0 or self.pos.step % int(t["checkpoint_every"]) == 0:
-                    loss = _mean_across_workers(loss, self.device)
+                    # Mean over the steps since the last report and over workers: one batch is too noisy.
+                    loss = _mean_across_workers(sum(window) / len(window), self.device)
                     self.pos.history.append([self.pos.step, loss])
-                    self._report(loss, time.perf_counter() - began, final)
+                    self._report(loss, seconds / len(window), final)
+                    window, seconds = [], 0.0
                 if final:
                     return
             if seen == 0:

@@ -53,7 +53,9 @@ def _imagenet_labels(n: int) -> dict[int, str]:
 def _tiny_config(name: str):
     from transformers import Dinov2Config, Dinov2WithRegistersConfig, ViTConfig
 
-    common = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=224)
+    common = dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=224
+    )
     if name == "tiny-random":  # DINOv2 /14 with an ImageNet-1k head, like dinov2-*-imagenet1k-1-layer
         cfg = Dinov2Config(patch_size=14, **common)
         cfg.architectures = ["Dinov2ForImageClassification"]
@@ -86,7 +88,11 @@ def build_tiny_model(name: str, seed: int = 0) -> Path:
         return target
     cfg = _tiny_config(name)
     torch.manual_seed(seed)
-    auto = AutoModelForImageClassification if cfg.architectures[0].endswith("ForImageClassification") else AutoModel
+    auto = (
+        AutoModelForImageClassification
+        if cfg.architectures[0].endswith("ForImageClassification")
+        else AutoModel
+    )
     kwargs = {"add_pooling_layer": False} if cfg.model_type == "vit" and auto is AutoModel else {}
     model = auto.from_config(cfg, **kwargs)
     target.parent.mkdir(parents=True, exist_ok=True)

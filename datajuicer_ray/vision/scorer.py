@@ -10,6 +10,8 @@ recompute only the [CLS] query row against that layer's keys, ``softmax(q_cls K^
 from __future__ import annotations
 
 import logging
+import os
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -79,6 +81,8 @@ class PatchScorer:
         if not self.scorer.has_head and vision.classifier:
             self.classifier = load_model(vision.classifier, None, self.device)
         self.max_batch = vision.batch_size
+        # Fault drills (tests/test_faults.py) slow the scorer so a node or actor can be killed mid-run.
+        self.drill_delay_s = float(os.environ.get("DATAJUICER_RAY_SCORER_DELAY_S", "0") or 0)
 
     # -- tensors ---------------------------------------------------------------------------
 
@@ -152,6 +156,8 @@ class PatchScorer:
     # -- the stage ------------------------------------------------------------------------
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.drill_delay_s:
+            time.sleep(self.drill_delay_s)
         n = batch.num_rows
         status = batch.column("status").to_pylist()
         error = batch.column("error").to_pylist()

@@ -1,0 +1,162 @@
+"""Training step time of ViT-B/16 CLIP with all patches vs kept patches (keep_ratio 0.5), same batch, this CPU.
+
+One full optimizer step each time (forward, ClipLoss, backward, clip, AdamW), the two settings alternating so
+machine load drifts hit both alike; median and spread over several reps. The FLOPs bound is computed for the
+actual token counts (197 vs 1 + 98, [CLS] included) from the model's own widths and depths: attention and MLP
+linear layers scale with tokens, attention scores with tokens squared; the patch embedding runs on the whole
+image (the gather comes after it) and the text tower is untouched. Training costs ~3x the forward FLOPs in both
+settings, so the bound on the speed-up is the ratio of forward FLOPs.
+
+    python benchmarks/bench_train_step.py --quick     # batch 4, 5 reps each: under ~3 min on 2 cores
+    python benchmarks/bench_train_step.py             # batch 16, 7 reps each
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from open_clip import ClipLoss
+
+from datajuicer_ray.train.factory import create_model, model_config
+from datajuicer_ray.train.kept_patches import KeptPatchCLIP
+from datajuicer_ray.train.schedule import make_optimizer
+
+MODEL = "ViT-B-16"
+REFERENCE_IMAGE_GFLOPS = 35.1  # open_clip's model profile, ViT-B-16 image tower at 224 px
+REFERENCE_TEXT_GFLOPS = 6.0
+
+
+def tower_gflops(width: int, layers: int, mlp_ratio: float, tokens: int) -> float:
+    """Forward GFLOPs (2 per multiply-add) of a pre-norm transformer stack over ``tokens`` tokens."""
+    linear = (4 + 2 * mlp_ratio) * width * width * tokens  # qkv + out projections + MLP, multiply-adds
+    attention = 2 * width * tokens * tokens  # Q K^T and A V
+    return 2 * layers * (linear + attention) / 1e9
+
+
+def flops(kept: int | None) -> tuple[float, float]:
+    """(image tower, text tower) forward GFLOPs; ``kept=None`` means every patch."""
+    cfg = model_config(MODEL)
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    grid = v["image_size"] // v["patch_size"]
+    patches = grid * grid
+    tokens = 1 + (patches if kept is None else kept)
+    patch_embed = 2 * patches * 3 * v["patch_size"] ** 2 * v["width"] / 1e9  # conv1 sees the whole image
+    image = tower_gflops(v["width"], v["layers"], v.get("mlp_ratio", 4.0), tokens) + patch_embed
+    text = tower_gflops(t["width"], t["layers"], t.get("mlp_ratio", 4.0), t["context_length"])
+    return image, text
+
+
+def _step(model, optimizer, loss_fn, images, text, index) -> float:
+    began = time.perf_counter()
+    image_f, text_f, scale = model(images, text, index)
+    loss = loss_fn(image_f, text_f, scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return time.perf_counter() - began
+
+
+def measure(batch: int, reps: int, keep: int) -> tuple[list[float], list[float]]:
+    torch.manual_seed(0)
+    model = KeptPatchCLIP(create_model(MODEL)).train()
+    optimizer = make_optimizer(model.clip, 5e-4, 0.2)
+    loss_fn = ClipLoss()
+    images = torch.randn(batch, 3, 224, 224)
+    text = torch.randint(1, 49407, (batch, 77))
+    index = torch.stack([torch.randperm(196)[:keep].sort().values for _ in range(batch)])
+    _step(model, optimizer, loss_fn, images, text, None)  # warm-up: allocator, first-call dispatch
+    _step(model, optimizer, loss_fn, images, text, index)
+    full, kept = [], []
+    for _ in range(reps):
+        full.append(_step(model, optimizer, loss_fn, images, text, None))
+        kept.append(_step(model, optimizer, loss_fn, images, text, index))
+    return full, kept
+
+
+def _spread(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):.2f} s, range {min(xs):.2f}-{max(xs):.2f} s over {len(xs)}"
+
+
+def run(quick: bool) -> list[dict]:
+    batch, reps, keep = (4, 5, 98) if quick else (16, 7, 98)
+    img_all, txt = flops(None)
+    img_kept, _ = flops(keep)
+    bound = (img_all + txt) / (img_kept + txt)
+    full, kept = measure(batch, reps, keep)
+    t_full, t_kept = statistics.median(full), statistics.median(kept)
+    speedup = t_full / t_kept
+    rows = [
+        {
+            "figure": "image tower GFLOPs, all patches (197 tokens)",
+            "ours": img_all,
+            "reference": REFERENCE_IMAGE_GFLOPS,
+            "target": "within 2% of open_clip's profile",
+        },
+        {
+            "figure": "text tower GFLOPs (77 tokens)",
+            "ours": txt,
+            "reference": REFERENCE_TEXT_GFLOPS,
+            "target": "within 2% of open_clip's profile",
+        },
+        {
+            "figure": f"image tower GFLOPs, {keep} kept patches ({keep + 1} tokens)",
+            "ours": img_kept,
+            "reference": REFERENCE_IMAGE_GFLOPS / 2,
+            "target": "about half the full tower (within 5%)",
+        },
+        {
+            "figure": f"step time, all patches, batch {batch} ({_spread(full)})",
+            "ours": t_full,
+            "reference": None,
+            "target": "measured",
+        },
+        {
+            "figure": f"step time, keep_ratio 0.5, batch {batch} ({_spread(kept)})",
+            "ours": t_kept,
+            "reference": None,
+            "target": "measured",
+        },
+        {
+            "figure": "speed-up per step, kept vs all (reference: FLOPs bound, image+text)",
+            "ours": speedup,
+            "reference": bound,
+            "target": ">= 0.8 of the FLOPs bound",
+        },
+    ]
+    for r in rows:
+        r["ratio"] = None if r["reference"] is None else r["ours"] / r["reference"]
+    rows[0]["met"] = abs(rows[0]["ratio"] - 1) < 0.02
+    rows[1]["met"] = abs(rows[1]["ratio"] - 1) < 0.02
+    rows[2]["met"] = abs(rows[2]["ratio"] - 1) < 0.05
+    rows[3]["met"] = rows[4]["met"] = True
+    rows[5]["met"] = rows[5]["ratio"] >= 0.8
+    return rows
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small batch, few reps (under ~3 min)")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {MODEL}")
+    rows = run(args.quick)
+    for r in rows:
+        print(
+            f"{r['figure']:<88} ours {_fmt(r['ours']):>8}  ref {_fmt(r['reference']):>8}  "
+            f"ratio {_fmt(r['ratio']):>6}  [{r['target']}: {'met' if r['met'] else 'NOT met'}]"
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The text branch as one stage of the curation pipeline, and what ``_run.json`` records about it.
+
+:func:`add_rewrite_stage` takes the pipeline's dataset (columns ``key``, ``caption``, ``objects``,
+``status``, and any others, which pass through unchanged) and adds two columns:
+
+- ``caption_rewritten`` (string, null): the accepted rewrite; null unless ``rewrite_status`` is ``ok``.
+- ``rewrite_status`` (string):
+
+  ``ok``                 rewritten, and the guard accepted it
+  ``skipped:<status>``   the row's ``status`` is not ``ok`` (e.g. ``skipped:decode_error``): not sent
+  ``skipped:no_caption`` null or blank caption and no objects: nothing to rewrite from (a row with
+                         objects but no caption is rewritten from its objects alone)
+  ``rejected:<reason>``  the model answered, the guard refused it (:mod:`.guard` lists the reasons)
+  ``failed:<reason>``    generation raised or the endpoint answered with an error
+
+Rows are never dropped or duplicated, and one bad output never fails a batch. ``rewrite.enabled=false``
+(``disabled``) and ``rewrite.only=true`` are the pipeline's business, not this stage's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from datajuicer_ray.config import CurateConfig
+from datajuicer_ray.text.guard import GuardSettings
+from datajuicer_ray.text.llm_processors import apply_llm_processor, engine_kwargs, sampling_params
+from datajuicer_ray.text.models import BUILTINS, SMOLLM2, SMOLLM2_ID, describe, resolve
+from datajuicer_ray.text.prompt import PROMPT_VERSION, prompt_hash, system_message
+from datajuicer_ray.text.transformers_backend import TransformersRewriter
+
+
+def add_rewrite_stage(ds: Any, cfg: CurateConfig) -> Any:
+    """``ds`` with ``caption_rewritten`` and ``rewrite_status`` added by ``rewrite.backend``."""
+    r = cfg.rewrite
+    if r.backend in ("vllm", "http"):
+        return apply_llm_processor(ds, cfg)
+    if r.backend != "transformers":
+        raise ValueError(f"rewrite.backend: {r.backend!r} is not one of vllm, http, transformers")
+    import ray
+
+    if r.model in BUILTINS:
+        resolve(r.model)  # convert/build the cached folder once, before the actors start
+    return ds.map_batches(
+        TransformersRewriter,
+        compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
+        batch_size=r.batch_size,
+        batch_format="pyarrow",
+        num_cpus=r.num_cpus,
+        fn_constructor_kwargs={"rewrite": r, "num_threads": max(1, int(r.num_cpus))},
+    )
+
+
+def rewrite_run_info(cfg: CurateConfig) -> dict[str, Any]:
+    """The text branch's entry in ``_run.json``: what made each ``caption_rewritten``."""
+    r = cfg.rewrite
+    info: dict[str, Any] = {
+        "backend": r.backend,
+        "model": r.model,
+        "revision": r.revision,
+        "prompt_version": PROMPT_VERSION,
+        "prompt_hash": prompt_hash(),
+        "system_message": system_message(r.max_words),
+        "max_new_tokens": r.max_new_tokens,
+        "max_caption_tokens": r.max_caption_tokens,
+        "temperature": r.temperature,
+        "guard": asdict(GuardSettings.for_words(r.max_words)),
+    }
+    if r.model in BUILTINS:
+        src = describe(r.model)
+        info.update(model_path=src.path, gguf_file=src.gguf_file, gguf_sha256=src.gguf_sha256)
+        if r.model == SMOLLM2:
+            info["model_id"] = SMOLLM2_ID
+    if r.backend == "vllm":
+        info["engine_kwargs"] = engine_kwargs(r)
+        info["concurrency"] = r.concurrency
+        info["sampling_params"] = sampling_params(r)
+    elif r.backend == "http":
+        info["url"] = r.url
+        info["sampling_params"] = sampling_params(r)
+    return info

@@ -1,0 +1,173 @@
+"""Faults on a simulated multi-node cluster (ray.cluster_utils.Cluster, one machine): a worker node
+removed, a scorer actor killed, the driver killed. Each time the output holds every input row exactly once,
+checked by key. A custom resource ("scorer_slot") stands in for GPUs, so scorer actors live on workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from inputs import img2dataset_parquet
+
+from datajuicer_ray.io.curated import list_parts
+
+FILES, ROWS = 10, 12
+DELAY_S = "0.6"  # per scorer batch: slow enough to be killed mid-run, fast enough for CI
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()  # the module-wide local Ray of other test modules; restarted after us on demand
+    os.environ["DATAJUICER_RAY_SCORER_DELAY_S"] = DELAY_S
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20})
+    yield c
+    ray.shutdown()
+    c.shutdown()
+    os.environ.pop("DATAJUICER_RAY_SCORER_DELAY_S", None)
+
+
+def add_workers(cluster, n):
+    return [
+        cluster.add_node(num_cpus=1, resources={"scorer_slot": 1}, object_store_memory=150 * 2**20)
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture()
+def corpus(tmp_path) -> tuple[Path, set[str]]:
+    keys = set()
+    for i in range(FILES):
+        img2dataset_parquet(
+            tmp_path / "in" / f"{i:05d}.parquet", ROWS, start=1000 * i, failed=(1000 * i + 3,)
+        )
+        keys |= {f"{j:09d}" for j in range(1000 * i, 1000 * i + ROWS)}
+    return tmp_path / "in", keys
+
+
+def overrides(inp: Path, out: Path) -> list[str]:
+    return [
+        f"input.path={inp}",
+        f"output.path={out}",
+        "vision.model=tiny-random-dino",
+        "vision.batch_size=4",
+        "vision.num_gpus=0",
+        "vision.num_cpus=0.5",
+        "vision.max_actors=2",
+        "vision.min_actors=1",
+        "vision.resources={scorer_slot: 1}",
+        "input.rows_per_block=4",
+        "ray.progress=false",
+    ]
+
+
+def assert_exactly_once(out: Path, keys: set[str]) -> None:
+    keys_out = []
+    for part in list_parts(str(out)):
+        keys_out += pq.read_table(part, columns=["key"]).column("key").to_pylist()
+    assert len(keys_out) == len(set(keys_out)), "a row was written twice"
+    assert set(keys_out) == keys, f"missing: {sorted(keys - set(keys_out))[:5]}"
+    assert len(list((out / "_manifest").glob("*.json"))) == FILES
+
+
+def wait_for_manifests(out: Path, n: int, timeout: float = 120) -> None:
+    t0 = time.time()
+    while len(list((out / "_manifest").glob("*.json"))) < n:
+        assert time.time() - t0 < timeout, "the run made no progress"
+        time.sleep(0.2)
+
+
+def run_in_thread(cfg_overrides):
+    from datajuicer_ray.config import load_curate_config
+    from datajuicer_ray.pipeline import curate
+
+    result: dict = {}
+
+    def target():
+        try:
+            result["summary"] = curate(load_curate_config(None, cfg_overrides))
+        except BaseException as err:  # noqa: BLE001 - surfaced by the test
+            result["error"] = err
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, result
+
+
+def test_worker_node_removed_mid_run(cluster, corpus, tmp_path):
+    import ray
+
+    workers = add_workers(cluster, 2)
+    ray.init(address=cluster.address, log_to_driver=False) if not ray.is_initialized() else None
+    out = tmp_path / "out"
+    thread, result = run_in_thread(overrides(corpus[0], out))
+    wait_for_manifests(out, 2)
+    cluster.remove_node(workers[0], allow_graceful=False)
+    thread.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    assert result["summary"]["rows_in"] == result["summary"]["rows_out"] == FILES * ROWS
+    assert_exactly_once(out, corpus[1])
+
+
+def scorer_pids() -> list[int]:
+    """Processes whose title Ray set to the scorer actor's (works without the dashboard)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("ray::") and "PatchScorer" in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_scorer_actor_killed_mid_run(cluster, corpus, tmp_path):
+    import ray
+
+    add_workers(cluster, 1)
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, log_to_driver=False)
+    out = tmp_path / "out"
+    thread, result = run_in_thread(overrides(corpus[0], out))
+    wait_for_manifests(out, 2)
+    pids = scorer_pids()
+    assert pids, "no scorer actor process found"
+    os.kill(pids[0], signal.SIGKILL)  # a crash, not a polite exit
+    thread.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    assert len(list((out / "_manifest").glob("*.json"))) == FILES
+    assert_exactly_once(out, corpus[1])
+
+
+def test_driver_killed_mid_run_then_rerun(cluster, corpus, tmp_path):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, log_to_driver=False)
+    out = tmp_path / "out"
+    config = tmp_path / "job.yaml"
+    config.write_text("{}\n")
+    cmd = [sys.executable, "-m", "datajuicer_ray.cli", "curate", str(config), *overrides(corpus[0], out)]
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_manifests(out, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished_before = len(list((out / "_manifest").glob("*.json")))
+    assert finished_before < FILES, "the driver finished before it could be killed"
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming: {finished_before} of {FILES} input files already finished" in rerun.stdout
+    assert_exactly_once(out, corpus[1])

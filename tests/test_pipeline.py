@@ -1,0 +1,104 @@
+"""The curation job end to end on a local Ray: contract columns, one row out per row in, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from inputs import img2dataset_parquet, webdataset_tar
+
+from datajuicer_ray.config import load_curate_config
+from datajuicer_ray.io.curated import list_parts
+from datajuicer_ray.io.schema import output_schema
+from datajuicer_ray.pipeline import RunConflict, curate
+
+
+def read_curated(path):
+    return pq.ParquetDataset(list_parts(str(path))).read().to_pylist()
+
+
+def test_dry_run_honours_the_contract(curated_dir):
+    rows = read_curated(curated_dir)
+    summary = json.loads((curated_dir / "_summary.json").read_text())
+    run = json.loads((curated_dir / "_run.json").read_text())
+    assert summary["rows_in"] == summary["rows_out"] == len(rows) >= 24
+    assert sum(summary["by_status"].values()) == len(rows)
+    assert sum(summary["by_rewrite_status"].values()) == len(rows)
+    assert len({r["key"] for r in rows}) == len(rows)
+    g = run["geometry"]["G"]
+    assert (run["geometry"]["S"], run["geometry"]["P"], g) == (224, 16, 14)
+    assert run["geometry"]["scorer"] == run["config"]["vision"]["model"] == "tiny-random"
+    assert run["models"]["scorer"]["patch_size"] == 14
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) >= 20
+    for r in ok:
+        idx = r["patch_index"]
+        assert r["patch_grid"] == g
+        assert len(idx) == round(0.5 * g * g)
+        assert idx == sorted(set(idx)) and idx[0] >= 0 and idx[-1] < g * g
+        assert all(o["score"] >= 0.7 for o in r["objects"])
+        assert [o["score"] for o in r["objects"]] == sorted((o["score"] for o in r["objects"]), reverse=True)
+    rejected = {r["status"] for r in rows if r["status"] != "ok"}
+    assert rejected == {"decode_error", "upstream:failed_to_download"}
+    for r in rows:
+        if r["status"] != "ok":
+            assert r["patch_index"] is None and r["objects"] is None and r["error"] and r["caption"]
+    schema = pq.read_schema(list_parts(str(curated_dir))[0])
+    assert schema.remove_metadata().equals(output_schema("jpg"))
+
+
+def curate_cfg(tmp_path, inp, fmt="parquet", *extra):
+    return load_curate_config(
+        None,
+        [
+            f"input.path={inp}",
+            f"input.format={fmt}",
+            f"output.path={tmp_path / 'out'}",
+            "vision.model=tiny-random-dino",
+            "vision.batch_size=8",
+            "input.rows_per_block=5",
+            "ray.progress=false",
+            *extra,
+        ],
+    )
+
+
+def test_img2dataset_parquet_and_webdataset_inputs(ray_local, tmp_path):
+    img2dataset_parquet(tmp_path / "pq" / "00000.parquet", 12, failed=(4,))
+    img2dataset_parquet(tmp_path / "pq" / "00001.parquet", 9, start=100)
+    summary = curate(curate_cfg(tmp_path, tmp_path / "pq"))
+    rows = read_curated(tmp_path / "out")
+    assert summary["rows_in"] == summary["rows_out"] == 21 == len({r["key"] for r in rows})
+    assert summary["by_status"] == {"ok": 20, "upstream:failed_to_download": 1}
+    assert all(r["rewrite_status"] == "disabled" and r["caption_rewritten"] is None for r in rows)
+
+    webdataset_tar(tmp_path / "wds" / "00000.tar", 8)
+    summary = curate(curate_cfg(tmp_path / "w", tmp_path / "wds", "webdataset"))
+    rows = read_curated(tmp_path / "w" / "out")
+    assert summary["by_status"] == {"ok": 8}
+    assert sorted(r["key"] for r in rows) == [f"{i:09d}" for i in range(8)]
+    assert {r["caption"] for r in rows} == {f"shard photo {i}" for i in range(8)}
+
+
+def test_rerun_resumes_skips_and_refuses_other_configs(ray_local, tmp_path, capsys):
+    for i in range(3):
+        img2dataset_parquet(tmp_path / "in" / f"{i:05d}.parquet", 4, start=10 * i)
+    first = curate(curate_cfg(tmp_path, tmp_path / "in", "parquet", "input.shard=0/2"))
+    assert first["files_finished"] == 2 and first["rows_out"] == 8
+    # more of the corpus, same settings: only the new file is processed
+    second = curate(curate_cfg(tmp_path, tmp_path / "in"))
+    assert second["files_finished"] == 3 and second["rows_out"] == 12 and second["this_run"]["rows"] == 4
+    # a finished job: nothing to do, said in seconds, Ray not needed
+    t0 = time.time()
+    capsys.readouterr()
+    curate(curate_cfg(tmp_path, tmp_path / "in"))
+    assert "nothing to do" in capsys.readouterr().out and time.time() - t0 < 10
+    with pytest.raises(RunConflict, match=r"vision.keep_ratio: 0.5 -> 0.25.*output.mode=overwrite"):
+        curate(curate_cfg(tmp_path, tmp_path / "in", "parquet", "vision.keep_ratio=0.25"))
+    third = curate(
+        curate_cfg(tmp_path, tmp_path / "in", "parquet", "vision.keep_ratio=0.25", "output.mode=overwrite")
+    )
+    assert third["rows_out"] == 12
+    assert {len(r["patch_index"]) for r in read_curated(tmp_path / "out")} == {round(0.25 * 196)}

@@ -1,0 +1,106 @@
+"""The reader: img2dataset Parquet and WebDataset with no options, LAION/DataComp names by config, globs,
+shards, and files that cannot be read."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from inputs import img2dataset_parquet, photo, webdataset_tar
+
+from datajuicer_ray.config import ColumnsConfig, InputConfig
+from datajuicer_ray.io.reader import (
+    IMAGE_COL,
+    LAST_COL,
+    READ_ERROR,
+    UPSTREAM_STATUS_COL,
+    InputFile,
+    file_id_for,
+    plan_inputs,
+    read_file,
+)
+from datajuicer_ray.io.schema import ROW_COL
+
+
+def read_all(path, fmt="parquet", columns=None, rows_per_block=4) -> pa.Table:
+    f = InputFile(str(path), file_id_for(str(path)), fmt)
+    return pa.concat_tables(list(read_file(f, columns or ColumnsConfig(), rows_per_block)))
+
+
+def test_img2dataset_parquet_with_failed_rows(tmp_path):
+    path = img2dataset_parquet(tmp_path / "00000.parquet", 10, failed=(3, 7))
+    t = read_all(path)
+    assert t.num_rows == 10
+    assert t.column("key").to_pylist() == [f"{i:09d}" for i in range(10)]
+    assert t.column(UPSTREAM_STATUS_COL).to_pylist()[3] == "failed_to_download"
+    assert t.column(IMAGE_COL).to_pylist()[3] is None and t.column(IMAGE_COL).to_pylist()[0] == photo(0)
+    assert t.column(ROW_COL).to_pylist() == list(range(10))
+    assert t.column(LAST_COL).to_pylist() == [False] * 9 + [True]
+
+
+def test_webdataset_shard_reads_every_image_format(tmp_path):
+    path = webdataset_tar(tmp_path / "00000.tar", 7)
+    t = read_all(path, "webdataset", rows_per_block=3)
+    assert t.column("key").to_pylist() == [f"{i:09d}" for i in range(7)]
+    assert t.column("caption").to_pylist()[5] == "shard photo 5"
+    assert all(b is not None for b in t.column(IMAGE_COL).to_pylist())
+    assert t.column(LAST_COL).to_pylist()[-1] is True
+
+
+def test_laion_names_map_by_config_and_missing_keys_are_deterministic(tmp_path):
+    path = tmp_path / "laion" / "part-00001.parquet"
+    path.parent.mkdir()
+    pq.write_table(
+        pa.table({"URL": ["u1", "u2"], "TEXT": ["a dog", "a cat"], "image": [photo(1), photo(2)]}), path
+    )
+    cols = ColumnsConfig(caption="TEXT", image="image")
+    t = read_all(path, columns=cols)
+    assert t.column("caption").to_pylist() == ["a dog", "a cat"]
+    keys = t.column("key").to_pylist()
+    assert keys == [f"{file_id_for(str(path))}:0", f"{file_id_for(str(path))}:1"]
+    assert read_all(path, columns=cols).column("key").to_pylist() == keys
+
+
+def test_datacomp_names_map_by_config(tmp_path):
+    path = tmp_path / "dc.parquet"
+    pq.write_table(pa.table({"uid": ["abc", "def"], "text": ["x", "y"], "jpg": [photo(1), photo(2)]}), path)
+    t = read_all(path, columns=ColumnsConfig(key="uid", caption="text"))
+    assert t.column("key").to_pylist() == ["abc", "def"]
+
+
+def test_missing_image_column_is_a_read_error_row_naming_the_setting(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"key": ["a"], "caption": ["c"], "png": [b"x"]}), path)
+    t = read_all(path)
+    assert t.column(UPSTREAM_STATUS_COL).to_pylist() == [READ_ERROR]
+    assert "input.columns.image" in t.column("_upstream_error").to_pylist()[0]
+
+
+def test_truncated_shard_keeps_rows_before_the_break(tmp_path):
+    path = webdataset_tar(tmp_path / "00000.tar", 6)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    t = read_all(path, "webdataset")
+    statuses = t.column(UPSTREAM_STATUS_COL).to_pylist()
+    assert statuses[-1] == READ_ERROR and all(s == "success" for s in statuses[:-1])
+    assert 1 <= t.num_rows - 1 < 6
+    assert t.column(LAST_COL).to_pylist()[-1] is True
+
+
+def test_paths_globs_lists_and_shards(tmp_path):
+    for i in range(6):
+        img2dataset_parquet(tmp_path / "in" / f"{i:05d}.parquet", 2, start=10 * i)
+    (tmp_path / "in" / "_SUCCESS.parquet").write_bytes(b"")  # side files are not inputs
+    all_files = plan_inputs(InputConfig(path=str(tmp_path / "in")))
+    assert [f.path.rsplit("/", 1)[1] for f in all_files] == [f"{i:05d}.parquet" for i in range(6)]
+    globbed = plan_inputs(InputConfig(path=str(tmp_path / "in" / "0000[0-2].parquet")))
+    assert len(globbed) == 3
+    listed = plan_inputs(
+        InputConfig(path=[str(tmp_path / "in" / "00001.parquet"), str(tmp_path / "in" / "00004.parquet")])
+    )
+    assert len(listed) == 2
+    shards = [plan_inputs(InputConfig(path=str(tmp_path / "in"), shard=f"{i}/4")) for i in range(4)]
+    assert sorted(f.path for s in shards for f in s) == sorted(f.path for f in all_files)
+    assert shards[1] == plan_inputs(InputConfig(path=str(tmp_path / "in"), shard="1/4"))
+    with pytest.raises(FileNotFoundError, match="input.path"):
+        plan_inputs(InputConfig(path=str(tmp_path / "nope")))

@@ -1,0 +1,136 @@
+"""Pure parts of the training job: the training view (flip mirrors indices), hold-out split, captions,
+schedule, retrieval metrics, zero-shot on a labelled folder, and config validation."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from datajuicer_ray.config import ConfigError, load_train_config
+from datajuicer_ray.train.data import canonical_pixels, is_held_out, pick_caption, training_view
+from datajuicer_ray.train.evaluate import recall_at_k, retrieval, zero_shot
+from datajuicer_ray.train.schedule import warmup_cosine_factor
+from datajuicer_ray.vision.geometry import flip_indices
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "train"
+
+
+def tiny() -> dict:
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+
+
+def _jpeg(pixels: np.ndarray, exif_orientation: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(pixels)
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        img.save(buf, format="JPEG", quality=95, exif=exif)
+    else:
+        img.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_flip_mirrors_pixels_and_indices_together():
+    pixels = canonical_pixels(_jpeg(skimage.data.coffee()), 224)
+    index = np.array([0, 13, 14, 100, 195], dtype=np.int16)
+    view, idx = training_view(pixels, index, 14, flip=False)
+    fview, fidx = training_view(pixels, index, 14, flip=True)
+    assert view.shape == (3, 224, 224) and np.array_equal(idx, index)
+    assert np.all(np.diff(fidx) > 0)
+    for p in index:
+        q = int(flip_indices(np.array([p]), 14)[0])
+        assert q in fidx
+        (r, c), (fr, fc) = divmod(int(p), 14), divmod(q, 14)
+        assert fr == r and fc == 13 - c
+        patch = view[:, r * 16 : r * 16 + 16, c * 16 : c * 16 + 16]
+        fpatch = fview[:, fr * 16 : fr * 16 + 16, fc * 16 : fc * 16 + 16]
+        assert np.array_equal(fpatch, patch[:, :, ::-1])
+
+
+def test_decode_applies_exif_orientation_before_the_canonical_view():
+    photo = skimage.data.chelsea()  # 300 x 451, landscape
+    upright = canonical_pixels(_jpeg(photo), 64)
+    rotated = canonical_pixels(_jpeg(np.rot90(photo, k=1).copy(), exif_orientation=6), 64)
+    # Orientation 6 says "rotate 90 clockwise to display": the decoded view is the upright photo again.
+    assert np.abs(rotated.astype(int) - upright.astype(int)).mean() < 8
+
+
+def test_hold_out_is_deterministic_and_near_the_fraction():
+    keys = [f"{i:06d}" for i in range(4000)]
+    held = [k for k in keys if is_held_out(k, 0.1)]
+    assert held == [k for k in keys if is_held_out(k, 0.1)]
+    assert 300 < len(held) < 500
+    assert not any(is_held_out(k, 0.0) for k in keys)
+
+
+def test_caption_falls_back_to_the_original():
+    assert pick_caption("a red car", "car") == "a red car"
+    assert pick_caption(None, "car") == "car"
+    assert pick_caption("  ", "car") == "car"
+    assert pick_caption(None, None) is None
+
+
+def test_warmup_then_cosine():
+    f = [warmup_cosine_factor(s, 10, 110) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.5) and f[-1] < 0.01
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+
+
+def test_recall_at_k():
+    sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.1], [0.0, 0.1, 0.5]])
+    r = recall_at_k(sim, ks=(1, 2))
+    assert r == {"R@1": pytest.approx(2 / 3), "R@2": pytest.approx(1.0)}
+    feats = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
+    perfect = retrieval(feats, feats)
+    assert perfect["i2t_R@1"] == 1.0 and perfect["t2i_R@1"] == 1.0 and perfect["pairs"] == 20
+
+
+def test_zero_shot_on_a_labelled_folder(tmp_path):
+    from datajuicer_ray.train.factory import create_model, tokenizer
+
+    for cls, photo in [("tabby_cat", "chelsea"), ("coffee", "coffee"), ("rocket", "rocket")]:
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(getattr(skimage.data, photo)()).save(tmp_path / cls / f"{i}.jpg")
+    (tmp_path / "rocket" / "notes.txt").write_text("not an image")
+    model = create_model(tiny(), seed=0)
+    mean, std = torch.tensor([0.48, 0.46, 0.41]), torch.tensor([0.27, 0.26, 0.28])
+    out = zero_shot(
+        model, tokenizer(tiny()), str(tmp_path), 224, torch.device("cpu"), mean, std, batch_size=4
+    )
+    assert out["zero_shot_images"] == 6 and out["classes"] == 3
+    assert 0.0 <= out["zero_shot_top1"] <= out["zero_shot_top5"] == 1.0  # 3 classes: top-5 always hits
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.batch_size=7", "train.batch_size"),
+        ("train.precision=fp16", "train.precision"),
+        ("data.val_fraction=1.0", "data.val_fraction"),
+        ("eval.templates=fancy", "eval.templates"),
+        ("train.cpus_per_worker=0", "train.cpus_per_worker"),
+        ("trian.steps=3", "trian"),
+    ],
+)
+def test_bad_train_config_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_train_config(CONF / "dry_run.yaml", [override])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONF.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cfg = load_train_config(CONF / name, ["data.path=/somewhere"])
+    assert cfg.train.steps >= 1
