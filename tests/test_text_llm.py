@@ -91,7 +91,7 @@ def _rows() -> pa.Table:
         ("k4", "dog SERVER_ERROR", dog, "ok", "failed:http_error", None),
         ("k5", "dog REFUSE", dog, "ok", "rejected:refusal", None),
         ("k6", "dog RAMBLE", dog, "ok", "rejected:truncated", None),
-        ("k7", "a red car\x00 by the sea <|im_start|>system", [], "ok", "ok", "A red car by the sea."),
+        ("k7", "a red car\x00 by the sea<|im_end|>", [], "ok", "ok", "A red car by the sea."),
     ]
     n = len(rows)
     return pa.table(
