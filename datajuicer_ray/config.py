@@ -327,7 +327,7 @@ def _as_config_error(err: OmegaConfBaseException, base: DictConfig) -> ConfigErr
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
         if isinstance(node, DictConfig):
-            close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
             if close:
                 hint = f" (did you mean {(parent + '.' if parent else '') + close[0]}?)"
         return ConfigError(f"{key}: unknown key{hint}")

@@ -8,6 +8,7 @@ Everything that can fail on a config or a path fails here before Ray starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -168,10 +169,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _versions() -> dict:
     out = {"datajuicer_ray": __version__, "python": platform.python_version()}
     for pkg in ("ray", "torch", "transformers", "pyarrow", "pillow", "open-clip-torch", "vllm"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 

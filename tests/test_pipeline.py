@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from inputs import img2dataset_parquet, webdataset_tar
 
-from datajuicer_ray.config import load_curate_config
+from datajuicer_ray.config import ConfigError, load_curate_config
 from datajuicer_ray.io.curated import list_parts
 from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.pipeline import RunConflict, curate
@@ -102,3 +102,24 @@ def test_rerun_resumes_skips_and_refuses_other_configs(ray_local, tmp_path, caps
     )
     assert third["rows_out"] == 12
     assert {len(r["patch_index"]) for r in read_curated(tmp_path / "out")} == {round(0.25 * 196)}
+
+
+def test_a_model_that_cannot_load_fails_the_job_at_once(ray_local, tmp_path):
+    img2dataset_parquet(tmp_path / "in" / "00000.parquet", 4)
+    # no such model: caught while planning, before any Ray work
+    with pytest.raises(ConfigError, match="vision.model: cannot load 'no/such-model'"):
+        curate(curate_cfg(tmp_path, tmp_path / "in", "parquet", "vision.model=no/such-model"))
+    # a checkpoint whose config reads but whose weights are garbage: the scorer actor dies in __init__
+    from datajuicer_ray.vision.models import build_tiny_model
+
+    broken = tmp_path / "broken"
+    src = build_tiny_model("tiny-random-dino")
+    broken.mkdir()
+    for f in src.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    t0 = time.time()
+    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
+        curate(curate_cfg(tmp_path / "b", tmp_path / "in", "parquet", f"vision.model={broken}"))
+    assert time.time() - t0 < 120  # fails, does not hang
+    assert not list((tmp_path / "b" / "out" / "_manifest").glob("*.json"))

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from datajuicer_ray.config import VisionConfig
+from datajuicer_ray.config import ConfigError, VisionConfig
 from datajuicer_ray.io import schema
 from datajuicer_ray.vision.geometry import resample_scores, top_k_indices
 from datajuicer_ray.vision.models import LoadedModel, last_attention, load_model
@@ -193,9 +193,12 @@ def scorer_run_info(vision: VisionConfig) -> dict:
 
     from datajuicer_ray.vision.models import resolve
 
-    def describe(spec: str, revision: str | None) -> dict:
+    def describe(spec: str, revision: str | None, key: str) -> dict:
         path = resolve(spec)
-        cfg = AutoConfig.from_pretrained(path, revision=revision)
+        try:
+            cfg = AutoConfig.from_pretrained(path, revision=revision)
+        except Exception as err:  # noqa: BLE001 - any load failure is a config problem to the user
+            raise ConfigError(f"{key}: cannot load {spec!r}: {err}") from err
         patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
         archs = cfg.architectures or []
         return {
@@ -209,12 +212,12 @@ def scorer_run_info(vision: VisionConfig) -> dict:
             "num_labels": len(cfg.id2label or {}),
         }
 
-    scorer = describe(vision.model, vision.revision)
+    scorer = describe(vision.model, vision.revision, "vision.model")
     info: dict = {"scorer": scorer, "classifier": None}
     if scorer["has_classification_head"]:
         info["objects"] = {"source": "scorer", "note": None}
     elif vision.classifier:
-        info["classifier"] = describe(vision.classifier, None)
+        info["classifier"] = describe(vision.classifier, None, "vision.classifier")
         info["objects"] = {"source": "classifier", "note": None}
     else:
         info["objects"] = {
