@@ -2,7 +2,7 @@
 # Submit curation or training to a running Ray cluster as a Ray job.
 #
 #   jobs/submit.sh curate conf/laion.yaml input.path='s3://bucket/laion/*.parquet' input.shard=3/16
-#   jobs/submit.sh train conf/train/clip.yaml data.path=s3://bucket/curated/laion
+#   jobs/submit.sh train conf/train/vit_b16_laion_slice.yaml data.path=s3://bucket/curated/laion
 #   jobs/submit.sh --dry-print curate conf/dry_run.yaml      # print the `ray job submit` command only
 #
 # Options (before or after the job name): --address URL (default $RAY_ADDRESS, else the tunnel at

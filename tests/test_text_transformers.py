@@ -127,7 +127,7 @@ def test_a_failing_row_costs_only_itself(tiny, monkeypatch):
     real = tiny.generate
 
     def poisoned(conversations):
-        if any("tree" in c[-1]["content"] for c in conversations):
+        if any("<caption>tree</caption>" in c[-1]["content"] for c in conversations):
             raise RuntimeError("kernel exploded")
         return real(conversations)
 
@@ -162,8 +162,9 @@ def test_transformers_stage_through_ray(ray_local):
     assert out["jpg"].to_pylist() == table["jpg"].to_pylist()
     statuses = out["rewrite_status"].to_pylist()
     assert statuses[2] == "skipped:upstream:failed_to_download" and statuses[7] == "skipped:no_caption"
-    # Four new tokens of a random model can never finish a caption.
-    assert all(s == "rejected:truncated" for i, s in enumerate(statuses) if i not in (2, 7))
+    # A random model's four tokens never make an acceptable caption; the guard saw every one.
+    assert all(s.startswith("rejected:") for i, s in enumerate(statuses) if i not in (2, 7))
+    assert out["caption_rewritten"].null_count == out.num_rows
 
 
 @pytest.mark.slow

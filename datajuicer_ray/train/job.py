@@ -83,6 +83,9 @@ def make_trainer(cfg: TrainConfig, datasets: dict[str, Any]):
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train; returns the last metrics, the checkpoint path, and whether (and from where) it resumed."""
+    from datajuicer_ray.train.data import open_source
+
+    check_geometry(cfg, open_source(cfg.data.path))  # a wrong folder fails before Ray starts
     init_ray(cfg.ray)
     trainer = make_trainer(cfg, build_datasets(cfg))
     result = trainer.fit()

@@ -64,6 +64,15 @@ def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
 
 
+def cpu_threads(vision: VisionConfig) -> int:
+    """Torch threads for a CPU scorer. Ray pins an actor's OMP_NUM_THREADS to its num_cpus (1 by default),
+    which left the other cores of a CPU node to decode tasks that need ~3% of the forward's time: the
+    pipeline ran at about half a plain loop's speed on 2 cores (benchmarks/bench_pipeline.py). The scorer
+    actors that may share a node split its cores instead; decode tasks take the little they need."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, int(vision.num_cpus), cores // max(1, vision.max_actors))
+
+
 class PatchScorer:
     """``batch -> batch``: scores rows with status ok; adds patch_grid, patch_index and objects."""
 
@@ -75,6 +84,8 @@ class PatchScorer:
         self.scorer_size = vision.scorer_image_size or vision.image_size
         self.grid = vision.image_size // vision.patch_size
         self.k = round(vision.keep_ratio * self.grid * self.grid)
+        if self.device == "cpu":
+            torch.set_num_threads(cpu_threads(vision))
         self.scorer = load_model(vision.model, vision.revision, self.device)
         self.probe = ClsAttentionProbe(last_attention(self.scorer.model))
         self.classifier: LoadedModel | None = None

@@ -1,0 +1,238 @@
+"""The scoring pipeline vs its limit: `datajuicer-ray curate` against a bare single-process loop.
+
+Both sides get the same N web-sized JPEGs (real photos), the same ViT-S/16-sized scorer (seeded random
+weights, loaded through ``vision.model=<dir>``), the same Decoder and ``PatchScorer.score`` at the same batch
+size. The pipeline side is the real CLI in a fresh process (Ray start-up, actor start, model load, read,
+decode, score, top-k, write, commit; rewrite off); the bare side is one process that decodes and scores in
+a plain loop with every core for torch. Each side runs in its own process, alternating, several times.
+
+Two ratios, both pipeline / bare:
+- end to end: N / process wall time (what a user waits for, start-up included);
+- steady state: images/s over the stream once the first batch is out, taken on both sides the same way
+  (pipeline: from the modification times of the written parts; bare: from batch completion times).
+
+    python benchmarks/bench_pipeline.py --quick   # N=200, 3 rounds
+    python benchmarks/bench_pipeline.py           # N=1000, 3 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    REPO,
+    alternate,
+    bench_dir,
+    median,
+    photo_parquet,
+    print_rows,
+    row,
+    spread,
+    vit_s16_dir,
+)
+
+BATCH = 32
+TARGET = 0.9
+
+
+def curate_args(input_dir: Path, out_dir: Path, model_dir: Path, batch: int) -> list[str]:
+    """The `datajuicer-ray curate` command line of the pipeline side (printed in docs/benchmarks.md)."""
+    return [
+        "curate",
+        str(REPO / "conf" / "dry_run.yaml"),
+        f"input.path={input_dir}",
+        "input.format=parquet",
+        f"output.path={out_dir}",
+        "output.mode=overwrite",
+        f"vision.model={model_dir}",
+        f"vision.batch_size={batch}",
+        "ray.progress=false",
+        "ray.num_cpus=2",
+    ]
+
+
+def instrumented_curate(args: list[str], timeline_path: Path) -> int:
+    """Run the real CLI, noting when each written part reaches the driver (for the steady-state rate)."""
+    from datajuicer_ray import cli
+    from datajuicer_ray.io import writer
+
+    times, rows = [], []
+    add = writer.Committer.add
+
+    def timed_add(self, meta):
+        times.append(time.time())
+        rows.append(len(meta["rows"]))
+        return add(self, meta)
+
+    writer.Committer.add = timed_add
+    code = cli.main(args)
+    timeline_path.write_text(json.dumps({"times": times, "rows": rows}))
+    return code
+
+
+def steady_rate(times: list[float], rows: list[int]) -> float:
+    """Images/s between the first and the last finished batch (the first batch carries the start-up)."""
+    order = sorted(range(len(times)), key=times.__getitem__)
+    t = [times[i] for i in order]
+    n = [rows[i] for i in order]
+    if len(t) < 2 or t[-1] <= t[0]:
+        return float("nan")
+    return sum(n[1:]) / (t[-1] - t[0])
+
+
+def run_pipeline(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:
+    out_dir = bench_dir() / "pipeline-out"
+    timeline = bench_dir() / "pipeline-timeline.json"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--curate", str(timeline)]
+    began = time.perf_counter()
+    proc = subprocess.run(
+        cmd + curate_args(input_dir, out_dir, model_dir, batch), capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"curate failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
+    summary = json.loads((out_dir / "_summary.json").read_text())
+    if summary["rows_out"] != n or summary["by_status"].get("ok") != n:
+        raise RuntimeError(f"curate wrote {summary['rows_out']} rows, by status {summary['by_status']}")
+    tl = json.loads(timeline.read_text())
+    return {"wall": wall, "steady": steady_rate(tl["times"], tl["rows"]), "stream": summary["images_per_s"]}
+
+
+def bare_loop(input_dir: Path, model_dir: Path, batch: int) -> dict:
+    """The limit: decode and score in one process, no Ray, torch on every core."""
+    began = time.perf_counter()
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from datajuicer_ray.config import VisionConfig
+    from datajuicer_ray.vision.decode import Decoder
+    from datajuicer_ray.vision.geometry import top_k_indices
+    from datajuicer_ray.vision.scorer import PatchScorer
+
+    vision = VisionConfig(model=str(model_dir), batch_size=batch, dtype="auto", device="cpu")
+    scorer = PatchScorer(vision)
+    decoder = Decoder(vision)
+    s = vision.image_size
+    loaded = time.perf_counter()
+    times, rows = [], []
+    for path in sorted(Path(input_dir).glob("*.parquet")):
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=["key", "jpg"]):
+            views = []
+            for data in rb.column("jpg").to_pylist():
+                status, _, pixels = decoder.decode_one(data, "success", None)
+                assert status == "ok", status
+                views.append(np.frombuffer(pixels, np.uint8).reshape(s, s, 3))
+            maps, _ = scorer.score(np.stack(views))
+            [top_k_indices(m, scorer.k) for m in maps]
+            times.append(time.time())
+            rows.append(len(views))
+    done = time.perf_counter()
+    return {
+        "load_s": loaded - began,
+        "loop_s": done - loaded,
+        "rows": sum(rows),
+        "steady": steady_rate(times, rows),
+        "threads": __import__("torch").get_num_threads(),
+    }
+
+
+def run_bare(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--bare",
+        str(input_dir),
+        str(model_dir),
+        str(batch),
+    ]
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare loop failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["rows"] != n:
+        raise RuntimeError(f"bare loop scored {res['rows']} rows of {n}")
+    return {"wall": wall, **res}
+
+
+def run(quick: bool) -> list[dict]:
+    n, reps = (200, 3) if quick else (1000, 3)
+    return measure(n, reps, BATCH)
+
+
+def measure(n: int, reps: int, batch: int) -> list[dict]:
+    input_dir = photo_parquet(n)
+    model_dir = vit_s16_dir()
+    results: dict[str, list[dict]] = {"pipeline": [], "bare": []}
+
+    def side(name, fn):
+        def go() -> float:
+            res = fn(input_dir, model_dir, batch, n)
+            results[name].append(res)
+            print(f"  {name}: {json.dumps({k: round(v, 3) for k, v in res.items()})}", flush=True)
+            return res["wall"]
+
+        return go
+
+    alternate({"pipeline": side("pipeline", run_pipeline), "bare": side("bare", run_bare)}, reps)
+    p, b = results["pipeline"], results["bare"]
+    e2e_p = [n / r["wall"] for r in p]
+    e2e_b = [n / r["wall"] for r in b]
+    st_p = [r["steady"] for r in p]
+    st_b = [r["steady"] for r in b]
+    # Ratio per round (each pipeline run against the bare run beside it), then the median of those.
+    e2e_ratio = median([x / y for x, y in zip(e2e_p, e2e_b)])
+    st_ratio = median([x / y for x, y in zip(st_p, st_b)])
+    where = f"N={n}, batch {batch}, ViT-S/16 fp32, {len(p)} alternated rounds"
+    return [
+        row(
+            f"pipeline steady-state images/s vs bare loop [{where}; pipeline {spread(st_p)}, bare {spread(st_b)}]",
+            median(st_p),
+            median(st_b),
+            f">= {TARGET}",
+            st_ratio >= TARGET,
+            ratio=st_ratio,
+        ),
+        row(
+            f"pipeline end-to-end images/s vs bare loop, start-up included [{where}; "
+            f"pipeline {spread(e2e_p)}, bare {spread(e2e_b)}; pipeline wall {spread([r['wall'] for r in p], ' s', 1)}]",
+            median(e2e_p),
+            median(e2e_b),
+            f">= {TARGET} (at N=1000)",
+            e2e_ratio >= TARGET,
+            ratio=e2e_ratio,
+        ),
+    ]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--curate":
+        sys.exit(instrumented_curate(sys.argv[3:], Path(sys.argv[2])))
+    if len(sys.argv) > 1 and sys.argv[1] == "--bare":
+        print(json.dumps(bare_loop(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="N=200 instead of 1000")
+    ap.add_argument("--n", type=int, default=0, help="images (overrides --quick)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=BATCH)
+    args = ap.parse_args()
+    n = args.n or (200 if args.quick else 1000)
+    print_rows(measure(n, args.reps, args.batch))
+
+
+if __name__ == "__main__":
+    main()
