@@ -8,7 +8,7 @@ Three copies of the same ViT-S/16-sized model (seeded random weights, loaded by 
 - eager: ``attn_implementation="eager"`` and ``output_attentions=True`` (every layer's N x N maps).
 The probe's row is also checked against eager's last-layer [CLS] row, so speed is not bought with a wrong map.
 
-    python benchmarks/bench_attention.py --quick   # batch 8, 5 rounds
+    python benchmarks/bench_attention.py --quick   # batch 8, 7 rounds
     python benchmarks/bench_attention.py           # batch 32, 7 rounds
 """
 
@@ -37,12 +37,14 @@ def models(model_dir: Path):
     plain = load_model(str(model_dir)).model
     probed = load_model(str(model_dir)).model
     probe = ClsAttentionProbe(last_attention(probed))
-    eager = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager", add_pooling_layer=False).eval()
+    eager = AutoModel.from_pretrained(
+        str(model_dir), attn_implementation="eager", add_pooling_layer=False
+    ).eval()
     return plain, probed, probe, eager
 
 
-def measure(batch: int, reps: int) -> list[dict]:
-    plain, probed, probe, eager = models(vit_s16_dir())
+def measure(batch: int, reps: int, model_dir: Path | None = None) -> list[dict]:
+    plain, probed, probe, eager = models(model_dir or vit_s16_dir())
     torch.manual_seed(0)
     pixels = torch.randn(batch, 3, 224, 224)
 
@@ -64,7 +66,11 @@ def measure(batch: int, reps: int) -> list[dict]:
     run_plain()
     diff = (run_probe() - run_eager()).abs().max().item()
     times = alternate(
-        {"plain": lambda: timed(run_plain), "probe": lambda: timed(run_probe), "eager": lambda: timed(run_eager)},
+        {
+            "plain": lambda: timed(run_plain),
+            "probe": lambda: timed(run_probe),
+            "eager": lambda: timed(run_eager),
+        },
         reps,
     )
     p, q, e = times["plain"], times["probe"], times["eager"]
@@ -94,7 +100,7 @@ def measure(batch: int, reps: int) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
-    return measure(8, 5) if quick else measure(32, 7)
+    return measure(8, 7) if quick else measure(32, 7)
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ actor). A sampler walks that tree every 0.2 s and sums, per sample:
   object store is not counted once per worker that maps it. This is the figure we judge;
 - RSS, for comparison (counts shared pages in every process that touched them, so it overstates).
 The peak of each sum over the run is reported. A streaming job's peak should not grow with its input:
-target peak(4N) / peak(N) <= 1.25. Input: files of 250 web-sized JPEGs each (N=250: 1 file, 4N: 4 files).
+target peak(4N) / peak(N) <= 1.25. Input: files of 250 web-sized JPEGs each (N=500: 2 files, 4N: 8 files).
 
-    python benchmarks/bench_memory.py --quick   # N=250 and 1000, tiny DINO scorer, 1 run each
+    python benchmarks/bench_memory.py --quick   # N=200 and 800, tiny DINO scorer, 1 run each
     python benchmarks/bench_memory.py           # N=500 and 2000, ViT-S/16-sized scorer, 2 runs each
 """
 
@@ -29,7 +29,16 @@ if __package__ in (None, ""):
 import psutil
 
 from benchmarks.bench_pipeline import curate_args
-from benchmarks.common import alternate, bench_dir, median, photo_parquet, print_rows, row, spread, vit_s16_dir
+from benchmarks.common import (
+    alternate,
+    bench_dir,
+    median,
+    photo_parquet,
+    print_rows,
+    row,
+    spread,
+    vit_s16_dir,
+)
 
 TARGET = 1.25
 ROWS_PER_FILE = 250
@@ -136,7 +145,7 @@ def measure(n: int, model: str, model_name: str, reps: int, batch: int = 32) -> 
 
 def run(quick: bool) -> list[dict]:
     if quick:
-        return measure(250, "tiny-random-dino", "tiny DINO ViT /16 scorer", 1)
+        return measure(200, "tiny-random-dino", "tiny DINO ViT /16 scorer", 1)
     return measure(500, str(vit_s16_dir()), "ViT-S/16-sized scorer", 2)
 
 

@@ -8,10 +8,11 @@ a plain loop with every core for torch. Each side runs in its own process, alter
 
 Two ratios, both pipeline / bare:
 - end to end: N / process wall time (what a user waits for, start-up included);
-- steady state: images/s over the stream once the first batch is out, taken on both sides the same way
-  (pipeline: from the modification times of the written parts; bare: from batch completion times).
+- steady state: the marginal rate (N - N0) / (wall(N) - wall(N0)), where wall(N0) is the same side's run
+  over N0 = 10 images (process, Ray and actor start-up, model load, first-batch latency): what each further
+  image costs once the job is running, measured on both sides the same way.
 
-    python benchmarks/bench_pipeline.py --quick   # N=200, 3 rounds
+    python benchmarks/bench_pipeline.py --quick   # N=150, 3 rounds
     python benchmarks/bench_pipeline.py           # N=1000, 3 rounds
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +44,16 @@ from benchmarks.common import (
 
 BATCH = 32
 TARGET = 0.9
+# Input shards of this many rows (a corpus is many files; the job pipelines across them).
+ROWS_PER_FILE = 50
+N0 = 10  # the small run that measures each side's fixed cost
+
+
+def equal_priority_env() -> dict[str, str]:
+    """Ray runs its workers at nice 15 (RAY_worker_niceness); on a machine shared with other work at nice 0
+    the scorer would get only the leftovers while the bare loop (nice 0) competes fairly. Both sides run
+    at nice 0 here so that the ratio measures the pipeline, not the scheduler."""
+    return {**os.environ, "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def curate_args(input_dir: Path, out_dir: Path, model_dir: Path, batch: int) -> list[str]:
@@ -60,43 +72,18 @@ def curate_args(input_dir: Path, out_dir: Path, model_dir: Path, batch: int) -> 
     ]
 
 
-def instrumented_curate(args: list[str], timeline_path: Path) -> int:
-    """Run the real CLI, noting when each written part reaches the driver (for the steady-state rate)."""
-    from datajuicer_ray import cli
-    from datajuicer_ray.io import writer
-
-    times, rows = [], []
-    add = writer.Committer.add
-
-    def timed_add(self, meta):
-        times.append(time.time())
-        rows.append(len(meta["rows"]))
-        return add(self, meta)
-
-    writer.Committer.add = timed_add
-    code = cli.main(args)
-    timeline_path.write_text(json.dumps({"times": times, "rows": rows}))
-    return code
-
-
-def steady_rate(times: list[float], rows: list[int]) -> float:
-    """Images/s between the first and the last finished batch (the first batch carries the start-up)."""
-    order = sorted(range(len(times)), key=times.__getitem__)
-    t = [times[i] for i in order]
-    n = [rows[i] for i in order]
-    if len(t) < 2 or t[-1] <= t[0]:
-        return float("nan")
-    return sum(n[1:]) / (t[-1] - t[0])
-
-
 def run_pipeline(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:
     out_dir = bench_dir() / "pipeline-out"
-    timeline = bench_dir() / "pipeline-timeline.json"
     shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--curate", str(timeline)]
+    exe = Path(sys.executable).with_name("datajuicer-ray")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "datajuicer_ray.cli"]
     began = time.perf_counter()
     proc = subprocess.run(
-        cmd + curate_args(input_dir, out_dir, model_dir, batch), capture_output=True, text=True, check=False
+        cmd + curate_args(input_dir, out_dir, model_dir, batch),
+        capture_output=True,
+        text=True,
+        check=False,
+        env=equal_priority_env(),
     )
     wall = time.perf_counter() - began
     if proc.returncode != 0:
@@ -106,8 +93,7 @@ def run_pipeline(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:
     summary = json.loads((out_dir / "_summary.json").read_text())
     if summary["rows_out"] != n or summary["by_status"].get("ok") != n:
         raise RuntimeError(f"curate wrote {summary['rows_out']} rows, by status {summary['by_status']}")
-    tl = json.loads(timeline.read_text())
-    return {"wall": wall, "steady": steady_rate(tl["times"], tl["rows"]), "stream": summary["images_per_s"]}
+    return {"wall": wall, "stream": summary["images_per_s"]}
 
 
 def bare_loop(input_dir: Path, model_dir: Path, batch: int) -> dict:
@@ -126,7 +112,7 @@ def bare_loop(input_dir: Path, model_dir: Path, batch: int) -> dict:
     decoder = Decoder(vision)
     s = vision.image_size
     loaded = time.perf_counter()
-    times, rows = [], []
+    rows = 0
     for path in sorted(Path(input_dir).glob("*.parquet")):
         for rb in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=["key", "jpg"]):
             views = []
@@ -136,14 +122,12 @@ def bare_loop(input_dir: Path, model_dir: Path, batch: int) -> dict:
                 views.append(np.frombuffer(pixels, np.uint8).reshape(s, s, 3))
             maps, _ = scorer.score(np.stack(views))
             [top_k_indices(m, scorer.k) for m in maps]
-            times.append(time.time())
-            rows.append(len(views))
+            rows += len(views)
     done = time.perf_counter()
     return {
         "load_s": loaded - began,
         "loop_s": done - loaded,
-        "rows": sum(rows),
-        "steady": steady_rate(times, rows),
+        "rows": rows,
         "threads": __import__("torch").get_num_threads(),
     }
 
@@ -169,18 +153,21 @@ def run_bare(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:
 
 
 def run(quick: bool) -> list[dict]:
-    n, reps = (200, 3) if quick else (1000, 3)
+    n, reps = (150, 3) if quick else (1000, 3)
     return measure(n, reps, BATCH)
 
 
 def measure(n: int, reps: int, batch: int) -> list[dict]:
-    input_dir = photo_parquet(n)
+    input_dir = photo_parquet(n, files=max(1, n // ROWS_PER_FILE))
     model_dir = vit_s16_dir()
+    small = photo_parquet(N0)
     results: dict[str, list[dict]] = {"pipeline": [], "bare": []}
 
     def side(name, fn):
         def go() -> float:
-            res = fn(input_dir, model_dir, batch, n)
+            # Each round measures the side's fixed cost beside its full run, under the same load.
+            fixed = fn(small, model_dir, batch, N0)["wall"]
+            res = {**fn(input_dir, model_dir, batch, n), "fixed": fixed}
             results[name].append(res)
             print(f"  {name}: {json.dumps({k: round(v, 3) for k, v in res.items()})}", flush=True)
             return res["wall"]
@@ -191,15 +178,17 @@ def measure(n: int, reps: int, batch: int) -> list[dict]:
     p, b = results["pipeline"], results["bare"]
     e2e_p = [n / r["wall"] for r in p]
     e2e_b = [n / r["wall"] for r in b]
-    st_p = [r["steady"] for r in p]
-    st_b = [r["steady"] for r in b]
+    st_p = [(n - N0) / max(1e-9, r["wall"] - r["fixed"]) for r in p]
+    st_b = [(n - N0) / max(1e-9, r["wall"] - r["fixed"]) for r in b]
     # Ratio per round (each pipeline run against the bare run beside it), then the median of those.
     e2e_ratio = median([x / y for x, y in zip(e2e_p, e2e_b)])
     st_ratio = median([x / y for x, y in zip(st_p, st_b)])
     where = f"N={n}, batch {batch}, ViT-S/16 fp32, {len(p)} alternated rounds"
     return [
         row(
-            f"pipeline steady-state images/s vs bare loop [{where}; pipeline {spread(st_p)}, bare {spread(st_b)}]",
+            f"pipeline steady-state images/s vs bare loop, marginal rate beyond start-up [{where}; pipeline "
+            f"{spread(st_p)}, bare {spread(st_b)}; fixed cost pipeline {spread([r['fixed'] for r in p], ' s', 1)}, "
+            f"bare {spread([r['fixed'] for r in b], ' s', 1)}]",
             median(st_p),
             median(st_b),
             f">= {TARGET}",
@@ -211,26 +200,24 @@ def measure(n: int, reps: int, batch: int) -> list[dict]:
             f"pipeline {spread(e2e_p)}, bare {spread(e2e_b)}; pipeline wall {spread([r['wall'] for r in p], ' s', 1)}]",
             median(e2e_p),
             median(e2e_b),
-            f">= {TARGET} (at N=1000)",
-            e2e_ratio >= TARGET,
+            f">= {TARGET} (judged at N=1000)",
+            e2e_ratio >= TARGET if n >= 1000 else None,
             ratio=e2e_ratio,
         ),
     ]
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--curate":
-        sys.exit(instrumented_curate(sys.argv[3:], Path(sys.argv[2])))
     if len(sys.argv) > 1 and sys.argv[1] == "--bare":
         print(json.dumps(bare_loop(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="N=200 instead of 1000")
+    ap.add_argument("--quick", action="store_true", help="N=150 instead of 1000")
     ap.add_argument("--n", type=int, default=0, help="images (overrides --quick)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=BATCH)
     args = ap.parse_args()
-    n = args.n or (200 if args.quick else 1000)
+    n = args.n or (150 if args.quick else 1000)
     print_rows(measure(n, args.reps, args.batch))
 
 

@@ -61,7 +61,10 @@ def measure(batch: int, reps: int) -> list[dict]:
     maps32, _ = fp32.score(views)  # warm-up + reference output
     maps16, _ = bf16.score(views)
     agreement = topk_agreement(maps32, maps16, fp32.k)
-    times = alternate({"fp32": lambda: timed(lambda: fp32.score(views)), "bf16": lambda: timed(lambda: bf16.score(views))}, reps)
+    times = alternate(
+        {"fp32": lambda: timed(lambda: fp32.score(views)), "bf16": lambda: timed(lambda: bf16.score(views))},
+        reps,
+    )
     t32, t16 = times["fp32"], times["bf16"]
     speedup = median([a / b for a, b in zip(t32, t16)])
     where = f"ViT-S/16, batch {batch}, {reps} alternated rounds"

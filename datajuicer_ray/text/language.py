@@ -22,23 +22,27 @@ from functools import lru_cache
 MIN_LETTERS = 3
 MIN_VOTES = 2
 
+
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split(" "))
+
+
 STOPWORDS: dict[str, frozenset[str]] = {
-    "en": frozenset(
-        ["the", "and", "with", "of", "is", "are", "on", "this", "that", "from", "for", "its", "an", "it", "to", "by", "while", "at", "into", "there"]
-    ),
-    "de": frozenset(
-        ["der", "die", "das", "und", "mit", "ist", "ein", "eine", "einem", "einer", "auf", "im", "dem", "den", "von", "zu", "sich", "nicht", "vor"]
-    ),
-    "fr": frozenset(["le", "la", "les", "et", "avec", "est", "une", "des", "du", "sur", "dans", "au", "aux", "sont", "ce", "cette", "près"]),
-    "es": frozenset(["el", "los", "las", "y", "con", "es", "una", "del", "sobre", "al", "por", "para", "que", "está", "junto"]),
-    "it": frozenset(["il", "lo", "gli", "con", "è", "della", "del", "sul", "sulla", "nel", "nella", "di", "che", "sono"]),
-    "pt": frozenset(["o", "os", "com", "é", "um", "uma", "do", "da", "no", "na", "em", "dos", "das", "ao"]),
-    "nl": frozenset(["de", "het", "een", "en", "met", "op", "van", "aan", "bij", "zijn", "naast"]),
+    "en": _wordset("the and with of is are on this that from for its an it to by while at into there"),
+    "de": _wordset("der die das und mit ist ein eine einem einer auf im dem den von zu sich nicht vor"),
+    "fr": _wordset("le la les et avec est une des du sur dans au aux sont ce cette près"),
+    "es": _wordset("el los las y con es una del sobre al por para que está junto"),
+    "it": _wordset("il lo gli con è della del sul sulla nel nella di che sono"),
+    "pt": _wordset("o os com é um uma do da no na em dos das ao"),
+    "nl": _wordset("de het een en met op van aan bij zijn naast"),
 }
 # Words that carry no content of their own: function words of every language above, plus the
 # boilerplate of captions ("a photo of") that a rewrite may add or drop freely.
-_FILLER = frozenset(
-    ["a", "an", "some", "very", "also", "just", "there", "here", "these", "those", "their", "them", "they", "his", "her", "its", "has", "have", "had", "was", "were", "be", "been", "being", "which", "who", "whom", "what", "where", "when", "while", "than", "then", "into", "onto", "over", "under", "near", "next", "each", "other", "photo", "photograph", "picture", "image", "shot", "view", "scene", "shows", "showing", "shown", "depicts", "depicting", "featuring", "close", "closeup", "background", "foreground", "front", "one", "two", "three", "several", "many", "few"]
+_FILLER = _wordset(
+    "a an some very also just there here these those their them they his her its has have had was were be "
+    "been being which who whom what where when while than then into onto over under near next each other "
+    "photo photograph picture image shot view scene shows showing shown depicts depicting featuring "
+    "close closeup background foreground front one two three several many few"
 )
 FUNCTION_WORDS = frozenset().union(*STOPWORDS.values(), _FILLER)
 

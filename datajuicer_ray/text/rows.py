@@ -52,7 +52,9 @@ class Generation:
 
 def objects_of(value: Any) -> list[tuple[str, float]]:
     """``[(label, score)]`` from an ``objects`` cell (list of structs, or None), highest score first."""
-    pairs = [(str(o["label"]), float(o["score"] or 0.0)) for o in value or [] if o and o.get("label")]
+    # Ray may hand a row's list cell over as a numpy array: no truth test on the container.
+    items = [] if value is None else list(value)
+    pairs = [(str(o["label"]), float(o.get("score") or 0.0)) for o in items if o and o.get("label")]
     return sorted(pairs, key=lambda p: -p[1])
 
 
