@@ -112,6 +112,9 @@ class RewriteConfig:
     max_new_tokens: int = 96
     # The prompt asks for at most this many words; the guard rejects longer rewrites.
     max_words: int = 60
+    # Content words a rewrite may add that neither the caption nor the objects support (the guard's
+    # "invented" check); 0 holds the rewriter to "invent nothing".
+    max_invented_words: int = 0
     batch_size: int = 16
     # OpenAI-compatible endpoint for backend=http, e.g. http://vllm-server:8000/v1/chat/completions.
     url: str | None = None
@@ -390,6 +393,7 @@ def _validate_curate(cfg: CurateConfig) -> None:
     _require(bool(r.model), "rewrite.model", "must be set")
     _require(r.max_new_tokens >= 1, "rewrite.max_new_tokens", "must be >= 1")
     _require(r.max_words >= 1, "rewrite.max_words", "must be >= 1")
+    _require(r.max_invented_words >= 0, "rewrite.max_invented_words", "must be >= 0")
     _require(r.temperature >= 0, "rewrite.temperature", "must be >= 0")
     _require(r.max_model_len >= 1, "rewrite.max_model_len", "must be >= 1")
     _require(r.num_cpus > 0, "rewrite.num_cpus", "must be > 0")

@@ -69,7 +69,9 @@ def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str |
         fn_kwargs={"input_cfg": cfg.input, "image_column": image_column if cfg.rewrite.only else None},
         batch_size=1,
         batch_format="numpy",
-        num_cpus=1,
+        # Reading is mostly waiting on storage; a small CPU request keeps read tasks schedulable next to
+        # actor pools that hold whole CPUs.
+        num_cpus=0.25,
     )
     if not cfg.rewrite.only:
         ds = ds.map_batches(
@@ -105,7 +107,7 @@ def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str |
         fn_kwargs={"out_path": cfg.output.path, "image_column": image_column},
         batch_size=None,
         batch_format="pyarrow",
-        num_cpus=0.5,
+        num_cpus=0.25,
     )
 
 

@@ -15,14 +15,19 @@ LONG_CAPTION = " ".join(["a brown dog runs across the green grass near a lake"] 
 
 CASES = [
     # (id, candidate, caption, labels, truncated, expected status)
-    ("plain", "A Border collie catches a frisbee in a park.", DOG, DOG_OBJ, False, "ok"),
+    ("plain", "A Border collie with a frisbee in a park.", DOG, DOG_OBJ, False, "ok"),
+    ("invented action", "A Border collie catches a frisbee in a park.", DOG, DOG_OBJ, False, "rejected:invented"),
+    ("invented details", "A cat with a blue collar.", "my cat chelsea!!! so cute", [], False, "rejected:invented"),
+    ("invented place", "A rocket in a park.", "rocket, gif", [], False, "rejected:invented"),
+    ("spelling fixed", "A coffee cup on a saucer.", "coffe cup on saucer, morning", [], False, "ok"),
+    ("framing words", "A close-up photo of a rocket.", "rocket", [], False, "ok"),
     ("label prefix", "Rewritten caption: A dog with a frisbee in a park.", DOG, DOG_OBJ, False, "ok"),
     ("sure preamble", "Sure! Here's the rewritten caption: A dog in a park.", DOG, DOG_OBJ, False, "ok"),
     ("quoted", "“A dog with a frisbee.”", DOG, DOG_OBJ, False, "ok"),
     ("caption tags", "<caption>A dog in the park.</caption>", DOG, DOG_OBJ, False, "ok"),
-    ("objects only", "A goldfish in a bowl.", None, ["goldfish"], False, "ok"),
+    ("objects only", "A goldfish, close up.", None, ["goldfish"], False, "ok"),
     ("emoji and accents", "A café terrace with a 🐕 dog.", "café terrace dog 🐕", ["dog"], False, "ok"),
-    ("plural stem", "Two horses grazing in a field.", "horse grazing", ["sorrel"], False, "ok"),
+    ("plural stem", "Horses grazing.", "horse grazing", ["sorrel"], False, "ok"),
     (
         "5000-word caption",
         "A brown dog runs across green grass near a lake.",
@@ -32,7 +37,7 @@ CASES = [
         "ok",
     ),
     ("cyrillic kept", "Собака с мячом на пляже.", "собака на пляже с мячом", ["ball"], False, "ok"),
-    ("injection ignored", "A cat lying on a sofa.", INJECT, ["tabby cat"], False, "ok"),
+    ("injection ignored", "A tabby cat on a sofa.", INJECT, ["tabby cat"], False, "ok"),
     ("empty", "", DOG, DOG_OBJ, False, "rejected:empty"),
     ("whitespace", "  \n\t ", DOG, DOG_OBJ, False, "rejected:empty"),
     ("punctuation only", "...!", DOG, DOG_OBJ, False, "rejected:empty"),

@@ -19,6 +19,9 @@ language       another writing system, or a clearly different Latin-script langu
 no_content     no content word at all ("A photo.")
 ungrounded     keeps none of the caption's content words while adding words neither the caption nor the
                objects support
+invented       adds more than ``max_invented`` content words that neither the caption nor the objects
+               support (framing words such as "photo" or "background" excepted): the rewrite may fix,
+               reorder and name detected objects, not add a park or a blue collar nobody saw
 =============  =================================================================================
 
 Hidden instructions: a caption span that starts at an English imperative pattern ("ignore previous
@@ -31,6 +34,7 @@ the rewrite.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,11 +88,12 @@ _SENTENCE_RE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
 class GuardSettings:
     max_words: int = 60
     max_chars: int = 600
+    max_invented: int = 0
 
     @classmethod
-    def for_words(cls, max_words: int) -> GuardSettings:
+    def for_words(cls, max_words: int, max_invented: int = 0) -> GuardSettings:
         # ~10 characters a word leaves room for long words and for scripts written without spaces.
-        return cls(max_words=max_words, max_chars=10 * max_words)
+        return cls(max_words=max_words, max_chars=10 * max_words, max_invented=max_invented)
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ def first_failure(
     reference = caption if sum(ch.isalpha() for ch in caption) >= MIN_LETTERS else " ".join(labels)
     if not same_language(text, reference):
         return "language"
-    return grounding_failure(text, content, labels)
+    return grounding_failure(text, content, labels, settings.max_invented)
 
 
 def obeys(text: str, content: str, instructions: str, labels: Sequence[str]) -> bool:
@@ -174,7 +179,7 @@ def obeys(text: str, content: str, instructions: str, labels: Sequence[str]) -> 
     return bool(content_words(text) & only_instructed)
 
 
-def grounding_failure(text: str, content: str, labels: Sequence[str]) -> str | None:
+def grounding_failure(text: str, content: str, labels: Sequence[str], max_invented: int = 0) -> str | None:
     words = content_words(text)
     if not words:
         return "no_content"
@@ -182,4 +187,15 @@ def grounding_failure(text: str, content: str, labels: Sequence[str]) -> str | N
     objects = content_words(" ".join(labels))
     kept = words & (original or objects)
     unsupported = words - original - objects
-    return "ungrounded" if not kept and unsupported else None
+    if not kept and unsupported:
+        return "ungrounded"
+    # A corrected spelling ("coffe" -> "coffee", "galaxys" -> "galaxies") is the caption's word, not a new one.
+    invented = {w for w in unsupported - FRAMING_WORDS if not difflib.get_close_matches(w, original | objects, 1, 0.8)}
+    return "invented" if len(invented) > max_invented else None
+
+
+# Words a rewrite may add without inventing content: how the picture is framed, not what is in it.
+FRAMING_WORDS = content_words(
+    "photo photograph image picture view close closeup shot scene background foreground front side top "
+    "bottom left right middle center centre"
+)

@@ -64,7 +64,7 @@ def rewrite_run_info(cfg: CurateConfig) -> dict[str, Any]:
         "max_new_tokens": r.max_new_tokens,
         "max_caption_tokens": r.max_caption_tokens,
         "temperature": r.temperature,
-        "guard": asdict(GuardSettings.for_words(r.max_words)),
+        "guard": asdict(GuardSettings.for_words(r.max_words, r.max_invented_words)),
     }
     if r.model in BUILTINS:
         src = describe(r.model)

@@ -31,7 +31,7 @@ class TransformersRewriter:
             # Ray sets OMP_NUM_THREADS for actors, but torch may have read it before; say it again.
             torch.set_num_threads(num_threads)
         self.rewrite = rewrite
-        self.settings = GuardSettings.for_words(rewrite.max_words)
+        self.settings = GuardSettings.for_words(rewrite.max_words, rewrite.max_invented_words)
         self.model, self.tokenizer, self.source = load_causal_lm(rewrite.model, rewrite.revision)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         # Counters a benchmark reads; not part of the output.

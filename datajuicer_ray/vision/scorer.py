@@ -67,8 +67,8 @@ def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
 def cpu_threads(vision: VisionConfig) -> int:
     """Torch threads for a CPU scorer. Ray pins an actor's OMP_NUM_THREADS to its num_cpus (1 by default),
     which left the other cores of a CPU node to decode tasks that need ~3% of the forward's time: the
-    pipeline ran at about half a plain loop's speed on 2 cores (benchmarks/bench_pipeline.py). The scorer
-    actors that may share a node split its cores instead; decode tasks take the little they need."""
+    pipeline ran at 0.68x a plain loop on 2 cores (benchmarks/bench_pipeline.py, docs/benchmarks.md). The
+    scorer actors that may share a node split its cores instead; decode tasks take the little they need."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, int(vision.num_cpus), cores // max(1, vision.max_actors))
 
@@ -84,8 +84,9 @@ class PatchScorer:
         self.scorer_size = vision.scorer_image_size or vision.image_size
         self.grid = vision.image_size // vision.patch_size
         self.k = round(vision.keep_ratio * self.grid * self.grid)
-        if self.device == "cpu":
-            torch.set_num_threads(cpu_threads(vision))
+        self.cpu_threads = cpu_threads(vision) if self.device == "cpu" else 0
+        if self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
         self.scorer = load_model(vision.model, vision.revision, self.device)
         self.probe = ClsAttentionProbe(last_attention(self.scorer.model))
         self.classifier: LoadedModel | None = None
@@ -116,6 +117,10 @@ class PatchScorer:
 
     def score(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 views [B, S, S, 3] -> score maps on the target grid [B, G, G] and class probs [B, C]."""
+        if self.cpu_threads:
+            # Again here: the thread count is per OpenMP thread, and Ray Data calls the stage from another
+            # thread than the one that ran __init__.
+            torch.set_num_threads(self.cpu_threads)
         out = self._forward(self.scorer, self._pixels(views, self.scorer, self.scorer_size), self.scorer_size)
         attn = self.probe.cls_attention()[:, self.scorer.num_prefix_tokens :]
         side = int(round(attn.shape[1] ** 0.5))
