@@ -67,6 +67,7 @@ def curate_args(input_dir: Path, out_dir: Path, model_dir: Path, batch: int) -> 
         "output.mode=overwrite",
         f"vision.model={model_dir}",
         f"vision.batch_size={batch}",
+        "rewrite.enabled=false",
         "ray.progress=false",
         "ray.num_cpus=2",
     ]

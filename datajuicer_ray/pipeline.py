@@ -37,6 +37,38 @@ class RunConflict(ConfigError):
     """The output folder holds a run made with different settings."""
 
 
+READ_CPUS = 0.25
+WRITE_CPUS = 0.25
+
+
+def cpus_needed(cfg: CurateConfig) -> dict[str, float]:
+    """CPUs the pipeline holds at once: actor pools at their minimum size plus one task of each kind."""
+    need = {"read": READ_CPUS, "write": WRITE_CPUS}
+    if not cfg.rewrite.only:
+        need["vision.decode_num_cpus"] = cfg.vision.decode_num_cpus
+        need["vision.num_cpus x vision.min_actors"] = cfg.vision.num_cpus * cfg.vision.min_actors
+    if cfg.rewrite.enabled and cfg.rewrite.backend == "transformers":
+        need["rewrite.num_cpus x rewrite.min_actors"] = cfg.rewrite.num_cpus * cfg.rewrite.min_actors
+    return need
+
+
+def check_capacity(cfg: CurateConfig, mode: str) -> None:
+    """Fail (locally) or warn (on a cluster that may autoscale) when the actor pools would leave no CPU
+    for the read/decode/write tasks: Ray Data would otherwise wait forever without a word."""
+    need = cpus_needed(cfg)
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if sum(need.values()) <= have:
+        return
+    detail = ", ".join(f"{k}={v:g}" for k, v in need.items())
+    msg = (
+        f"the pipeline holds {sum(need.values()):g} CPUs at once ({detail}) but Ray has {have:g}; "
+        "raise ray.num_cpus (logical CPUs may exceed cores) or lower the actors' num_cpus"
+    )
+    if mode == "local":
+        raise ConfigError(f"ray.num_cpus: {msg}")
+    log.warning("%s (waiting for the autoscaler to add nodes)", msg)
+
+
 # ----------------------------------------------------------------------------------------------
 # stages as Ray Data operators
 
@@ -71,7 +103,7 @@ def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str |
         batch_format="numpy",
         # Reading is mostly waiting on storage; a small CPU request keeps read tasks schedulable next to
         # actor pools that hold whole CPUs.
-        num_cpus=0.25,
+        num_cpus=READ_CPUS,
     )
     if not cfg.rewrite.only:
         ds = ds.map_batches(
@@ -107,7 +139,7 @@ def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str |
         fn_kwargs={"out_path": cfg.output.path, "image_column": image_column},
         batch_size=None,
         batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=WRITE_CPUS,
     )
 
 
@@ -237,6 +269,7 @@ def curate(cfg: CurateConfig) -> dict:
         log.info("removed %d leftover parts of unfinished files", removed)
 
     mode = init_ray(cfg.ray)
+    check_capacity(cfg, mode)
     print(f"[curate] {len(pending)} input files, ray {mode}, scorer GPUs per actor: {scorer_resources(cfg)}")
     image_column = output_image_column(cfg)
     expected = reader.count_rows(pending)

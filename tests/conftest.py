@@ -17,10 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def start_local_ray():
+    """Four logical CPUs on the 2-core test machine: the dry run holds two actor pools (scorer and
+    rewriter, one CPU each) while its read, decode and write tasks still need room to be scheduled."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 

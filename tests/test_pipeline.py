@@ -123,3 +123,13 @@ def test_a_model_that_cannot_load_fails_the_job_at_once(ray_local, tmp_path):
         curate(curate_cfg(tmp_path / "b", tmp_path / "in", "parquet", f"vision.model={broken}"))
     assert time.time() - t0 < 120  # fails, does not hang
     assert not list((tmp_path / "b" / "out" / "_manifest").glob("*.json"))
+
+
+def test_too_few_cpus_for_the_actor_pools_fails_instead_of_stalling(ray_local, tmp_path):
+    from datajuicer_ray.pipeline import check_capacity
+
+    cfg = curate_cfg(tmp_path, tmp_path, "parquet", "vision.num_cpus=3", "rewrite.enabled=true", "rewrite.num_cpus=1")
+    with pytest.raises(ConfigError, match=r"ray.num_cpus: the pipeline holds 5.5 CPUs at once .* but Ray has 4"):
+        check_capacity(cfg, "local")
+    check_capacity(cfg, "cluster")  # an autoscaling cluster may still grow: a warning, not an error
+    check_capacity(curate_cfg(tmp_path, tmp_path), "local")
