@@ -34,7 +34,7 @@ def test_overrides_apply_and_are_typed():
         ("input.format=csv", "input.format: 'csv' is not one of parquet, webdataset, sample"),
         ("vision.image_size=230", "vision.image_size: 230 is not a multiple of vision.patch_size=16"),
         ("input.shard=5/4", "input.shard"),
-        ("rewrite.only=true", "rewrite.only: needs rewrite.enabled=true"),
+        ("rewrite.backend=gpt", "rewrite.backend: 'gpt' is not one of vllm, http, transformers"),
         ("vision.dtype=int8", "vision.dtype"),
         ("keep_ratio", "override 'keep_ratio': expected KEY=VALUE"),
     ],
@@ -43,6 +43,11 @@ def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_curate_config(DRY, [override])
     assert message in str(err.value)
+
+
+def test_rewrite_only_needs_rewriting_on():
+    with pytest.raises(ConfigError, match="rewrite.only: needs rewrite.enabled=true"):
+        load_curate_config(DRY, ["rewrite.enabled=false", "rewrite.only=true"])
 
 
 def test_missing_required_key_is_named():

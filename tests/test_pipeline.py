@@ -133,3 +133,33 @@ def test_too_few_cpus_for_the_actor_pools_fails_instead_of_stalling(ray_local, t
         check_capacity(cfg, "local")
     check_capacity(cfg, "cluster")  # an autoscaling cluster may still grow: a warning, not an error
     check_capacity(curate_cfg(tmp_path, tmp_path), "local")
+
+
+def test_rewrite_only_reruns_the_text_branch_without_scoring(curated_dir, tmp_path):
+    out = tmp_path / "rewritten"
+    cfg = load_curate_config(
+        None,
+        [
+            f"input.path={curated_dir}",
+            f"output.path={out}",
+            "rewrite.enabled=true",
+            "rewrite.only=true",
+            "rewrite.model=tiny-random",
+            "rewrite.max_new_tokens=8",
+            "vision.model=no/such-model",  # never loaded: the vision columns come from the curated folder
+            "ray.progress=false",
+        ],
+    )
+    summary = curate(cfg)
+    before = {r["key"]: r for r in read_curated(curated_dir)}
+    after = {r["key"]: r for r in read_curated(out)}
+    assert summary["rows_in"] == summary["rows_out"] == len(before) == len(after)
+    for key, row in after.items():
+        old = before[key]
+        for col in ("jpg", "caption", "patch_grid", "patch_index", "objects", "status", "error"):
+            assert row[col] == old[col], col
+        assert row["rewrite_status"] != "disabled"
+        if old["status"] != "ok":
+            assert row["rewrite_status"] == f"skipped:{old['status']}"
+    run = json.loads((out / "_run.json").read_text())
+    assert run["models"]["vision_from"] == str(curated_dir) and run["models"]["rewriter"]["model"] == "tiny-random"
