@@ -93,8 +93,8 @@ class VisionConfig:
     # CPUs per decode task / per scorer actor.
     decode_num_cpus: float = 1.0
     num_cpus: float = 1.0
-    # Memory reserved per decode task (a 64 Mpx image decodes to ~200 MB of RGB).
-    decode_memory_mb: int = 512
+    # Memory reserved per decode task: a worker with its imports (~400 MB) plus one 64 Mpx image (~200 MB RGB).
+    decode_memory_mb: int = 1024
     # Extra Ray resources per scorer actor, e.g. {"accelerator_type:H100": 0.001} or a node label resource.
     resources: dict[str, float] = field(default_factory=dict)
 

@@ -22,7 +22,9 @@ def start_local_ray():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 

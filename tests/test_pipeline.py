@@ -128,8 +128,12 @@ def test_a_model_that_cannot_load_fails_the_job_at_once(ray_local, tmp_path):
 def test_too_few_cpus_for_the_actor_pools_fails_instead_of_stalling(ray_local, tmp_path):
     from datajuicer_ray.pipeline import check_capacity
 
-    cfg = curate_cfg(tmp_path, tmp_path, "parquet", "vision.num_cpus=3", "rewrite.enabled=true", "rewrite.num_cpus=1")
-    with pytest.raises(ConfigError, match=r"ray.num_cpus: the pipeline holds 5.5 CPUs at once .* but Ray has 4"):
+    cfg = curate_cfg(
+        tmp_path, tmp_path, "parquet", "vision.num_cpus=3", "rewrite.enabled=true", "rewrite.num_cpus=1"
+    )
+    with pytest.raises(
+        ConfigError, match=r"ray.num_cpus: the pipeline holds 5.5 CPUs at once .* but Ray has 4"
+    ):
         check_capacity(cfg, "local")
     check_capacity(cfg, "cluster")  # an autoscaling cluster may still grow: a warning, not an error
     check_capacity(curate_cfg(tmp_path, tmp_path), "local")
@@ -162,4 +166,7 @@ def test_rewrite_only_reruns_the_text_branch_without_scoring(curated_dir, tmp_pa
         if old["status"] != "ok":
             assert row["rewrite_status"] == f"skipped:{old['status']}"
     run = json.loads((out / "_run.json").read_text())
-    assert run["models"]["vision_from"] == str(curated_dir) and run["models"]["rewriter"]["model"] == "tiny-random"
+    assert (
+        run["models"]["vision_from"] == str(curated_dir)
+        and run["models"]["rewriter"]["model"] == "tiny-random"
+    )

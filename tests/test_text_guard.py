@@ -16,8 +16,22 @@ LONG_CAPTION = " ".join(["a brown dog runs across the green grass near a lake"] 
 CASES = [
     # (id, candidate, caption, labels, truncated, expected status)
     ("plain", "A Border collie with a frisbee in a park.", DOG, DOG_OBJ, False, "ok"),
-    ("invented action", "A Border collie catches a frisbee in a park.", DOG, DOG_OBJ, False, "rejected:invented"),
-    ("invented details", "A cat with a blue collar.", "my cat chelsea!!! so cute", [], False, "rejected:invented"),
+    (
+        "invented action",
+        "A Border collie catches a frisbee in a park.",
+        DOG,
+        DOG_OBJ,
+        False,
+        "rejected:invented",
+    ),
+    (
+        "invented details",
+        "A cat with a blue collar.",
+        "my cat chelsea!!! so cute",
+        [],
+        False,
+        "rejected:invented",
+    ),
     ("invented place", "A rocket in a park.", "rocket, gif", [], False, "rejected:invented"),
     ("spelling fixed", "A coffee cup on a saucer.", "coffe cup on saucer, morning", [], False, "ok"),
     ("framing words", "A close-up photo of a rocket.", "rocket", [], False, "ok"),

@@ -190,7 +190,9 @@ def grounding_failure(text: str, content: str, labels: Sequence[str], max_invent
     if not kept and unsupported:
         return "ungrounded"
     # A corrected spelling ("coffe" -> "coffee", "galaxys" -> "galaxies") is the caption's word, not a new one.
-    invented = {w for w in unsupported - FRAMING_WORDS if not difflib.get_close_matches(w, original | objects, 1, 0.8)}
+    invented = {
+        w for w in unsupported - FRAMING_WORDS if not difflib.get_close_matches(w, original | objects, 1, 0.8)
+    }
     return "invented" if len(invented) > max_invented else None
 
 

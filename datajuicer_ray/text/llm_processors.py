@@ -194,7 +194,9 @@ def postprocess(row: dict[str, Any], *, rewrite: RewriteConfig, backend: str) ->
     try:
         gen = vllm_generation(row, rewrite) if backend == "vllm" else http_generation(row)
         plan = RowPlan(caption=row.get(CAPTION_COL) or "", labels=json.loads(row.get(LABELS_COL) or "[]"))
-        text, status = settle(plan, gen, GuardSettings.for_words(rewrite.max_words, rewrite.max_invented_words))
+        text, status = settle(
+            plan, gen, GuardSettings.for_words(rewrite.max_words, rewrite.max_invented_words)
+        )
     except Exception as err:
         log.warning("rewrite: postprocess failed: %r", err)
         text, status = None, f"{FAILED}postprocess_{type(err).__name__}"
