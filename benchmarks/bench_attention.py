@@ -14,7 +14,6 @@ The probe's row is also checked against eager's last-layer [CLS] row, so speed i
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import alternate, median, print_rows, row, spread, timed, vit_s16_dir
+from benchmarks.common import alternate, main_for, median, row, spread, timed, vit_s16_dir
 
 TARGET = 1.05  # probe forward <= 5% over plain
 
@@ -104,10 +103,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print_rows(run(args.quick))
+    main_for(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ so ``run_all.py`` stays runnable on a CPU machine.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import bench_dir, photo_parquet, print_rows, row, skipped, vit_s16_dir
+from benchmarks.common import bench_dir, main_for, photo_parquet, row, skipped, vit_s16_dir
 
 BATCH = 128
 FIGURES = {
@@ -243,10 +242,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print_rows(run(args.quick))
+    main_for(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ that parallelism, not streaming (seen here: 1 file vs 3 files gave 1.45x with 13
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -35,9 +34,9 @@ from benchmarks.bench_pipeline import curate_args, equal_priority_env
 from benchmarks.common import (
     alternate,
     bench_dir,
+    main_for,
     median,
     photo_parquet,
-    print_rows,
     row,
     spread,
     vit_s16_dir,
@@ -155,10 +154,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print_rows(run(args.quick))
+    main_for(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ of kept patches that are the same as fp32's.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from benchmarks.common import alternate, median, print_rows, row, spread, timed, vit_s16_dir
+from benchmarks.common import alternate, main_for, median, row, spread, timed, vit_s16_dir
 
 AGREEMENT_TARGET = 0.9
 
@@ -93,10 +92,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print_rows(run(args.quick))
+    main_for(run, __doc__)
 
 
 if __name__ == "__main__":

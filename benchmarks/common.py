@@ -216,3 +216,12 @@ def markdown(rows: list[dict]) -> str:
 
 def print_rows(rows: list[dict]) -> None:
     print("\n".join(table_lines(rows)), flush=True)
+
+
+def main_for(run: Callable[[bool], list[dict]], doc: str | None) -> None:
+    """The command line every simple benchmark shares: ``--quick``, then the rows as a table."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    ap.add_argument("--quick", action="store_true", help="a short run")
+    print_rows(run(ap.parse_args().quick))
