@@ -158,7 +158,7 @@ def test_decode_honours_exif_orientation():
     exif[0x0112] = 6
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", exif=exif, quality=95)
-    img = decode_image(buf.getvalue(), 32)
+    img = decode_image(buf.getvalue())
     assert img.size == (60, 100) and img.mode == "RGB"
     top, bottom = np.asarray(img)[5, 30], np.asarray(img)[95, 30]
     assert top[0] > 200 and top[2] < 60, top  # the red half is now on top
@@ -169,11 +169,11 @@ def test_decode_composites_alpha_and_reports_garbage():
     rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
     buf = io.BytesIO()
     rgba.save(buf, "PNG")
-    assert np.asarray(decode_image(buf.getvalue(), 16)).min() == 255  # transparent -> white
+    assert np.asarray(decode_image(buf.getvalue())).min() == 255  # transparent -> white
     with pytest.raises(ImageUnreadable, match="UnidentifiedImageError"):
-        decode_image(b"\x89PNG garbage", 16)
+        decode_image(b"\x89PNG garbage")
     with pytest.raises(ImageUnreadable, match="no image bytes"):
-        decode_image(None, 16)
+        decode_image(None)
 
 
 def test_render_views_matches_the_canonical_view():

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from datajuicer_ray.config import ConfigError, load_train_config
-from datajuicer_ray.train.data import canonical_pixels, is_held_out, pick_caption, training_view
+from datajuicer_ray.train.data import is_held_out, pick_caption, training_view
 from datajuicer_ray.train.evaluate import recall_at_k, retrieval, zero_shot
 from datajuicer_ray.train.schedule import warmup_cosine_factor
+from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import flip_indices
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "train"

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import base64
 import io
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from datajuicer_ray.config import VisionConfig
+from datajuicer_ray.vision.decode import RowRejected, open_image
 from datajuicer_ray.vision.geometry import canonical_view
 
-# A report must never be the thing that decodes a decompression bomb; curation rejected those already,
-# so anything this large in the table is shown as undecodable instead.
-MAX_PIXELS = 64_000_000
 DIM = 0.28  # brightness left to dropped patches
 EDGE = np.array([255, 214, 10], dtype=np.float32)  # outline of the kept region
 
@@ -26,38 +24,13 @@ class ImageUnreadable(Exception):
     """The image bytes could not be turned into a picture; the message says why."""
 
 
-def decode_image(data: bytes | None, size: int) -> Image.Image:
-    """Upright 8-bit RGB picture from encoded bytes, decoded no larger than needed for a ``size`` view."""
-    if not data:
-        raise ImageUnreadable("no image bytes")
+def decode_image(data: bytes | None) -> Image.Image:
+    """Upright 8-bit RGB picture, through curation's own decoder and limits, so the report shows the
+    pixels the scorer saw."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageUnreadable(f"{w}x{h} pixels is more than the report decodes ({MAX_PIXELS})")
-            img.seek(0)  # animations: the first frame, as curation does
-            # JPEG can decode at 1/2, 1/4, 1/8 scale for free; draft keeps both sides >= the request.
-            # Orientation may swap sides, so ask for the short side in both.
-            img.draft("RGB", (size, size))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
-    except ImageUnreadable:
-        raise
-    except Exception as err:  # Pillow raises many types for unreadable bytes
-        raise ImageUnreadable(f"{type(err).__name__}: {err}") from None
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
-        # Transparency on white, as curation composites it.
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return img if img.mode == "RGB" else img.convert("RGB")
+        return open_image(data, VisionConfig.max_pixels, VisionConfig.max_image_bytes)
+    except RowRejected as err:
+        raise ImageUnreadable(err.error) from None
 
 
 def keep_mask(patch_index: list[int] | np.ndarray, grid: int) -> np.ndarray:
@@ -95,7 +68,7 @@ def render_views(
     data: bytes | None, patch_index, size: int, grid: int
 ) -> tuple[Image.Image, Image.Image | None]:
     """(canonical view, overlay); the overlay is None where the row has no patch index."""
-    view = canonical_view(decode_image(data, size), size)
+    view = canonical_view(decode_image(data), size)
     if patch_index is None:
         return view, None
     return view, overlay(view, patch_index, grid)

@@ -13,7 +13,6 @@ leaves as fixed-shape arrays so ``iter_torch_batches`` can stack it:
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +20,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
-from PIL import Image, ImageOps
 
 from datajuicer_ray.config import ConfigError
 from datajuicer_ray.io import curated
 from datajuicer_ray.io.schema import OK
-from datajuicer_ray.vision.geometry import canonical_view, flip_indices
+from datajuicer_ray.vision.decode import canonical_pixels
+from datajuicer_ray.vision.geometry import flip_indices
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +64,6 @@ def is_held_out(key: str, fraction: float) -> bool:
         return False
     h = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big")
     return h / 2**64 < fraction
-
-
-def canonical_pixels(data: bytes, size: int) -> np.ndarray:
-    """Encoded image -> the canonical view as uint8 [S, S, 3]."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        return np.asarray(canonical_view(img, size), dtype=np.uint8)
 
 
 def training_view(

@@ -22,8 +22,8 @@ from open_clip import (
 )
 
 from datajuicer_ray.config import ConfigError
-from datajuicer_ray.train.data import canonical_pixels
 from datajuicer_ray.train.kept_patches import encode_image_kept
+from datajuicer_ray.vision.decode import canonical_pixels
 
 log = logging.getLogger(__name__)
 

@@ -75,6 +75,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def canonical_pixels(
+    data: bytes | None,
+    size: int,
+    max_pixels: int = VisionConfig.max_pixels,
+    max_bytes: int = VisionConfig.max_image_bytes,
+) -> np.ndarray:
+    """The contract's canonical view of encoded bytes as uint8 [S, S, 3]; raises RowRejected.
+
+    Curation scores these pixels, and the training job and the report decode through here too, so a patch
+    index names the same pixels everywhere (alpha on white, 16-bit scaled, EXIF applied alike).
+    """
+    return np.asarray(canonical_view(open_image(data, max_pixels, max_bytes), size), dtype=np.uint8)
+
+
 def upstream_rejection(status: str | None, error: str | None) -> RowRejected | None:
     """img2dataset marks failed downloads with a status other than success: keep the row, say why."""
     if status is None or status == "success":
@@ -97,13 +111,12 @@ class Decoder:
         if rejected is not None:
             return rejected.status, rejected.error, None
         try:
-            img = open_image(data, self.max_pixels, self.max_bytes)
-            view = canonical_view(img, self.size)
+            view = canonical_pixels(data, self.size, self.max_pixels, self.max_bytes)
         except RowRejected as err:
             return err.status, err.error, None
         except Exception as err:  # noqa: BLE001 - any surprise stays in its row
             return schema.DECODE_ERROR, f"{type(err).__name__}: {err}", None
-        return schema.OK, None, np.asarray(view, dtype=np.uint8).tobytes()
+        return schema.OK, None, view.tobytes()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         images = batch.column(IMAGE_COL).to_pylist()
