@@ -21,8 +21,7 @@ import ray
 from datajuicer_ray import __version__
 from datajuicer_ray.config import ConfigError, CurateConfig, fingerprint, load_curate_config, to_dict
 from datajuicer_ray.io import reader, writer
-from datajuicer_ray.io.curated import list_parts
-from datajuicer_ray.io.curated import read_run_info as read_curated_run_info
+from datajuicer_ray.io.curated import image_column, list_parts, read_run_info, read_summary
 from datajuicer_ray.io.reader import FileReader, InputFile
 from datajuicer_ray.io.sample import write_sample
 from datajuicer_ray.report.console import Progress, print_summary
@@ -159,22 +158,14 @@ def plan_files(cfg: CurateConfig) -> list[InputFile]:
 
 
 def output_image_column(cfg: CurateConfig) -> str | None:
-    if not cfg.output.keep_image:
-        return None
-    if cfg.rewrite.only:
-        return (
-            read_curated_run_info(cfg.input.path)
-            .get("config", {})
-            .get("input", {})
-            .get("columns", {})
-            .get("image", cfg.input.columns.image)
-        )
-    return cfg.input.columns.image
+    if cfg.rewrite.only:  # the column the curated input already uses
+        return image_column(cfg.input.path) if cfg.output.keep_image else None
+    return cfg.input.columns.image if cfg.output.keep_image else None
 
 
 def check_resume(cfg: CurateConfig) -> dict:
     """Refuse to mix runs: a folder written with other settings is only reused with output.mode=overwrite."""
-    previous = writer.read_json_if_exists(cfg.output.path, "_run.json")
+    previous = read_run_info(cfg.output.path)
     if not previous or cfg.output.mode == "overwrite":
         return {}
     if previous.get("fingerprint") == fingerprint(cfg):
@@ -212,7 +203,7 @@ def run_info(cfg: CurateConfig, previous: dict, files: list[InputFile], pending:
     s, p = cfg.vision.image_size, cfg.vision.patch_size
     models = {} if cfg.rewrite.only else scorer_run_info(cfg.vision)
     if cfg.rewrite.only:
-        models = {"vision_from": cfg.input.path, **read_curated_run_info(cfg.input.path).get("models", {})}
+        models = {"vision_from": cfg.input.path, **read_run_info(cfg.input.path).get("models", {})}
     models["rewriter"] = None
     if cfg.rewrite.enabled:
         from datajuicer_ray.text.stage import rewrite_run_info
@@ -256,7 +247,7 @@ def curate(cfg: CurateConfig) -> dict:
     pending = [f for f in files if f.file_id not in done]
     if not pending:
         print(f"[curate] nothing to do: all {len(files)} input files are finished in {cfg.output.path}")
-        return writer.read_json_if_exists(cfg.output.path, "_summary.json")
+        return read_summary(cfg.output.path)
     info = run_info(cfg, previous, files, pending)  # loads model configs: a bad model id fails here
     fs_root = writer.ensure_folder(cfg.output.path)
     writer.write_json_atomic(fs_root[0], f"{fs_root[1]}/_run.json", info)

@@ -19,21 +19,22 @@ from typing import Any
 import fsspec
 
 
-def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def fs_root(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of a folder URL or path, and the folder's path on it (no trailing slash)."""
     fs, root = fsspec.core.url_to_fs(path)
     return fs, root.rstrip("/")
 
 
 def list_parts(path: str) -> list[str]:
     """The curated Parquet files of a folder, sorted, as paths/URLs pyarrow and Ray Data read."""
-    fs, root = _fs(path)
+    fs, root = fs_root(path)
     files = sorted(f for f in fs.glob(f"{root}/part-*.parquet"))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return [f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files]
 
 
 def read_json(path: str, name: str) -> dict[str, Any]:
-    fs, root = _fs(path)
+    fs, root = fs_root(path)
     target = f"{root}/{name}"
     if not fs.exists(target):
         return {}

@@ -28,15 +28,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datajuicer_ray.io import schema
+from datajuicer_ray.io.curated import fs_root
 from datajuicer_ray.io.reader import IMAGE_COL, LAST_COL, InputFile
 
 MANIFEST_DIR = "_manifest"
 TMP_DIR = "_tmp"
-
-
-def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root.rstrip("/")
 
 
 def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: dict) -> None:
@@ -51,14 +47,8 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict:
         return json.load(fh)
 
 
-def read_json_if_exists(out_path: str, name: str) -> dict:
-    fs, root = _fs(out_path)
-    path = f"{root}/{name}"
-    return read_json(fs, path) if fs.exists(path) else {}
-
-
 def ensure_folder(out_path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = _fs(out_path)
+    fs, root = fs_root(out_path)
     fs.makedirs(root, exist_ok=True)
     return fs, root
 
@@ -112,7 +102,7 @@ class PartWriter:
         self.image_column = image_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        fs, root = _fs(self.out_path)
+        fs, root = fs_root(self.out_path)
         sources = batch.column(schema.SOURCE_COL).to_pylist()
         meta: dict[str, list] = {f.name: [] for f in META_SCHEMA}
         for file_id in dict.fromkeys(sources):
@@ -152,7 +142,7 @@ class Committer:
     """Tracks parts as they arrive and commits each input file once all its rows are written."""
 
     def __init__(self, out_path: str, files: list[InputFile], expected_rows: dict[str, int]):
-        self.fs, self.root = _fs(out_path)
+        self.fs, self.root = fs_root(out_path)
         self.files = {f.file_id: f for f in files}
         self.expected = expected_rows
         self.state: dict[str, _FileState] = {}
@@ -250,7 +240,7 @@ class Committer:
 
 
 def finished_files(out_path: str) -> dict[str, dict]:
-    fs, root = _fs(out_path)
+    fs, root = fs_root(out_path)
     folder = f"{root}/{MANIFEST_DIR}"
     if not fs.exists(folder):
         return {}
@@ -263,7 +253,7 @@ def finished_files(out_path: str) -> dict[str, dict]:
 
 def clear_unfinished(out_path: str, pending: list[InputFile]) -> int:
     """Remove parts of unfinished files (in ``_tmp/`` or moved by an interrupted commit)."""
-    fs, root = _fs(out_path)
+    fs, root = fs_root(out_path)
     removed = 0
     pending_ids = {f.file_id for f in pending}
     for pattern in (f"{root}/{TMP_DIR}/*", f"{root}/{TMP_DIR}/.*", f"{root}/part-*.parquet"):
@@ -277,7 +267,7 @@ def clear_unfinished(out_path: str, pending: list[InputFile]) -> int:
 
 def clear_output(out_path: str) -> None:
     """output.mode=overwrite: remove what a previous run wrote (only our own files)."""
-    fs, root = _fs(out_path)
+    fs, root = fs_root(out_path)
     if not fs.exists(root):
         return
     for p in fs.glob(f"{root}/part-*.parquet"):
