@@ -59,8 +59,16 @@ class OutputConfig:
     path: str = MISSING
     # Pass the input image bytes through to the output (the training job reads them from there).
     keep_image: bool = True
-    # resume: skip input files already finished with the same config; overwrite: clear the folder first.
+    # resume: skip input files already committed with the same settings; overwrite: replace the table's
+    # contents in one commit (only ever a table this tool created).
     mode: str = "resume"
+    # Process again the input files that have rows a system fault left (read_error, score_error,
+    # failed:*), replacing their rows in one commit each.
+    retry_failed: bool = False
+    # Stop the job when more than this share of the last `failure_window` rows failed for a system
+    # reason (storage, device, endpoint): a broken cluster should not grind through a corpus.
+    max_failure_rate: float = 0.5
+    failure_window: int = 500
 
 
 @dataclass
@@ -281,8 +289,8 @@ def fingerprint(cfg: CurateConfig) -> str:
     """
     d = to_dict(cfg)
     d.pop("ray")
-    d["output"].pop("path")
-    d["output"].pop("mode")
+    for k in ("path", "mode", "retry_failed", "max_failure_rate", "failure_window"):
+        d["output"].pop(k)
     # Slicing a corpus (shard, max_files) into one output folder is how big corpora are run in pieces.
     for k in ("rows_per_block", "shard", "max_files"):
         d["input"].pop(k)
@@ -368,6 +376,13 @@ def _validate_curate(cfg: CurateConfig) -> None:
     _require(i.max_files >= 0, "input.max_files", "must be >= 0")
     _require(bool(o.path), "output.path", "must be set")
     _one_of(o.mode, "output.mode", ("resume", "overwrite"))
+    _require(0.0 < o.max_failure_rate <= 1.0, "output.max_failure_rate", "must be in (0, 1]")
+    _require(o.failure_window >= 1, "output.failure_window", "must be >= 1")
+    _require(
+        not (o.retry_failed and o.mode == "overwrite"),
+        "output.retry_failed",
+        "retries rows of the existing table; it cannot be combined with output.mode=overwrite",
+    )
     _require(bool(v.model), "vision.model", "must be set")
     _require(0.0 < v.keep_ratio <= 1.0, "vision.keep_ratio", f"{v.keep_ratio} is not in (0, 1]")
     _require(0.0 <= v.min_confidence <= 1.0, "vision.min_confidence", f"{v.min_confidence} is not in [0, 1]")

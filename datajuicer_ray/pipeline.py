@@ -1,39 +1,41 @@
-"""The curation job: plan, build the Ray Data pipeline, stream it into exactly-once output.
+"""The curation job: plan, build the Ray Data pipeline, stream it into the Delta table exactly once.
 
     input files -> read (tasks) -> decode (CPU tasks) -> score (actor pool, GPUs) -> rewrite (optional)
-                -> write parts (tasks) -> driver commits each finished input file
+                -> write data files (tasks) -> driver commits each finished input file (Delta)
 
 Everything that can fail on a config or a path fails here before Ray starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import platform
-import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
+from collections import deque
 
+import pyarrow as pa
 import ray
 
-from datajuicer_ray import __version__
-from datajuicer_ray.config import ConfigError, CurateConfig, fingerprint, load_curate_config, to_dict
-from datajuicer_ray.io import reader, writer
-from datajuicer_ray.io.curated import image_column, list_parts, read_run_info, read_summary
+from datajuicer_ray.config import ConfigError, CurateConfig, load_curate_config
+from datajuicer_ray.io import curated, reader, schema, writer
 from datajuicer_ray.io.reader import FileReader, InputFile
 from datajuicer_ray.io.sample import write_sample
+from datajuicer_ray.io.table import FingerprintConflict, OutputTable, TableConflict, input_app_id, new_run_id
+from datajuicer_ray.provenance import config_difference, run_record
 from datajuicer_ray.report.console import Progress, print_summary
 from datajuicer_ray.runtime import cluster_has_gpus, init_ray
 from datajuicer_ray.vision.decode import Decoder
-from datajuicer_ray.vision.scorer import PatchScorer, scorer_run_info
+from datajuicer_ray.vision.scorer import PatchScorer
 
 log = logging.getLogger("datajuicer_ray")
 
 
 class RunConflict(ConfigError):
-    """The output folder holds a run made with different settings."""
+    """The output table holds a run made with different settings."""
+
+
+class TooManyFailures(RuntimeError):
+    """Most recent rows failed for a system reason: the cluster, not the data, is broken."""
 
 
 READ_CPUS = 0.25
@@ -76,8 +78,8 @@ def _decode(batch, vision):
     return Decoder(vision)(batch)
 
 
-def _write(batch, out_path, image_column):
-    return writer.PartWriter(out_path, image_column)(batch)
+def _write(batch, out_path, image_column, run_id, uris):
+    return writer.DataFileWriter(out_path, image_column, run_id, uris)(batch)
 
 
 def _read(batch, input_cfg, image_column):
@@ -92,7 +94,9 @@ def scorer_resources(cfg: CurateConfig) -> tuple[float, str]:
     return (1.0, "auto: cluster has GPUs") if cluster_has_gpus() else (0.0, "auto: no GPU in the cluster")
 
 
-def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str | None) -> ray.data.Dataset:
+def build_dataset(
+    cfg: CurateConfig, files: list[InputFile], image_column: str | None, run_id: str
+) -> ray.data.Dataset:
     """The lazy pipeline; nothing runs until the driver iterates it."""
     ds = ray.data.from_items(reader.file_items(files), override_num_blocks=max(1, len(files)))
     ds = ds.map_batches(
@@ -135,7 +139,12 @@ def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str |
         ds = add_rewrite_stage(ds, cfg)
     return ds.map_batches(
         _write,
-        fn_kwargs={"out_path": cfg.output.path, "image_column": image_column},
+        fn_kwargs={
+            "out_path": cfg.output.path,
+            "image_column": image_column,
+            "run_id": run_id,
+            "uris": {f.file_id: f.path for f in files},
+        },
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=WRITE_CPUS,
@@ -149,87 +158,77 @@ def build_dataset(cfg: CurateConfig, files: list[InputFile], image_column: str |
 def plan_files(cfg: CurateConfig) -> list[InputFile]:
     if cfg.input.format == "sample":
         write_sample(cfg.input.path, cfg.input.sample_rows)
-    if cfg.rewrite.only:
-        parts = list_parts(cfg.input.path)
-        if not parts:
-            raise FileNotFoundError(f"input.path: no curated parts (part-*.parquet) in {cfg.input.path!r}")
-        return [InputFile(p, reader.file_id_for(p), "curated") for p in parts]
+    if cfg.rewrite.only:  # the curated table's committed data files are the inputs
+        uris = curated.data_files(cfg.input.path)
+        if not uris:
+            raise FileNotFoundError(f"input.path: no committed rows in a curated table at {cfg.input.path!r}")
+        return [InputFile(u, reader.file_id_for(u), "curated") for u in uris]
     return reader.plan_inputs(cfg.input)
 
 
 def output_image_column(cfg: CurateConfig) -> str | None:
+    if not cfg.output.keep_image:
+        return None
     if cfg.rewrite.only:  # the column the curated input already uses
-        return image_column(cfg.input.path) if cfg.output.keep_image else None
-    return cfg.input.columns.image if cfg.output.keep_image else None
+        return curated.image_column(cfg.input.path)
+    return cfg.input.columns.image
 
 
-def check_resume(cfg: CurateConfig) -> dict:
-    """Refuse to mix runs: a folder written with other settings is only reused with output.mode=overwrite."""
-    previous = read_run_info(cfg.output.path)
-    if not previous or cfg.output.mode == "overwrite":
-        return {}
-    if previous.get("fingerprint") == fingerprint(cfg):
-        return previous
-    old, new = _flatten(previous.get("config", {})), _flatten(to_dict(cfg))
-    changed = [
-        k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith("ray.")
-    ]
-    detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-    raise RunConflict(
-        f"output.path: {cfg.output.path} holds a run with a different config ({detail or 'fingerprint differs'}); "
-        "use a new output.path, or output.mode=overwrite to replace it"
-    )
+def claim_table(cfg: CurateConfig, table: OutputTable, record: dict, out_schema: pa.Schema) -> int:
+    """Create the table or check this run may write into it (before Ray starts); the generation."""
+    try:
+        return table.claim(record["fingerprint"], out_schema, overwrite=cfg.output.mode == "overwrite")
+    except FingerprintConflict:
+        previous = table.latest_run()
+        detail = config_difference(previous.get("config", {}), record["config"])
+        if not detail and previous:
+            detail = "same config; a package, model revision, prompt or guard differs"
+        raise RunConflict(
+            f"output.path: {cfg.output.path} holds a run with other settings ({detail or 'fingerprint differs'}); "
+            "use a new output.path, or output.mode=overwrite to replace it"
+        ) from None
+    except TableConflict as err:
+        raise ConfigError(str(err)) from None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _versions() -> dict:
-    out = {"datajuicer_ray": __version__, "python": platform.python_version()}
-    for pkg in ("ray", "torch", "transformers", "pyarrow", "pillow", "open-clip-torch", "vllm"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
-def run_info(cfg: CurateConfig, previous: dict, files: list[InputFile], pending: list[InputFile]) -> dict:
-    s, p = cfg.vision.image_size, cfg.vision.patch_size
-    models = {} if cfg.rewrite.only else scorer_run_info(cfg.vision)
-    if cfg.rewrite.only:
-        models = {"vision_from": cfg.input.path, **read_run_info(cfg.input.path).get("models", {})}
-    models["rewriter"] = None
-    if cfg.rewrite.enabled:
-        from datajuicer_ray.text.stage import rewrite_run_info
-
-        models["rewriter"] = rewrite_run_info(cfg)
-    return {
-        "config": to_dict(cfg),
-        "fingerprint": fingerprint(cfg),
-        "versions": _versions(),
-        "models": models,
-        "geometry": {
-            "S": s,
-            "P": p,
-            "G": s // p,
-            "keep_ratio": cfg.vision.keep_ratio,
-            "keep_count": cfg.keep_count,
-            "scorer": cfg.vision.model,
-            "scorer_image_size": cfg.vision.scorer_image_size or s,
-        },
-        "first_started_at": previous.get("first_started_at", time.time()),
-        "started_at": time.time(),
-        "ended_at": None,
-        "files": {"total": len(files), "pending_at_start": len(pending)},
-        "host": platform.node(),
-        "argv": sys.argv,
+def plan_retry(table: OutputTable, files: list[InputFile], app_ids: dict[str, str], done: dict[str, int]):
+    """output.retry_failed: the committed input files with rows a system fault left, the data files their
+    new rows replace and the marker version to commit (one more than the committed one)."""
+    ds = table.dataset()
+    t = ds.to_table(columns=["source_file", "status", "rewrite_status"])
+    bad = {
+        src
+        for src, st, rw in zip(
+            *(t.column(c).to_pylist() for c in ("source_file", "status", "rewrite_status"))
+        )
+        if schema.is_transient(st, rw)
     }
+    pending = [f for f in files if f.path in bad and app_ids[f.file_id] in done]
+    replacing = {f.path: (table.data_files_of(f.path), done[app_ids[f.file_id]] + 1) for f in pending}
+    return pending, replacing
+
+
+class FailureRate:
+    """Share of system-fault rows (read_error, score_error, failed:*) over the last ``window`` rows."""
+
+    def __init__(self, max_rate: float, window: int):
+        self.max_rate, self.window = max_rate, window
+        self.parts: deque[tuple[int, int]] = deque()
+        self.rows = self.failed = 0
+
+    def add(self, rows: int, failed: int) -> None:
+        self.parts.append((rows, failed))
+        self.rows, self.failed = self.rows + rows, self.failed + failed
+        while self.parts and self.rows - self.parts[0][0] >= self.window:
+            r, f = self.parts.popleft()
+            self.rows, self.failed = self.rows - r, self.failed - f
+        if self.rows >= self.window and self.failed > self.max_rate * self.rows:
+            raise TooManyFailures(
+                f"{self.failed} of the last {self.rows} rows failed for a system reason (read_error, "
+                f"score_error, failed:*), over output.max_failure_rate={self.max_rate:g}: stopping. Committed "
+                "input files stay; fix the cause and re-run to resume, or output.retry_failed=true to redo "
+                "the failed rows"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,56 +238,75 @@ def run_info(cfg: CurateConfig, previous: dict, files: list[InputFile], pending:
 def curate(cfg: CurateConfig) -> dict:
     """Run curation; returns the summary written to ``_summary.json``."""
     t0 = time.time()
-    if cfg.output.mode == "overwrite":
-        writer.clear_output(cfg.output.path)
-    previous = check_resume(cfg)
+    run_id = new_run_id()
+    table = OutputTable(cfg.output.path)
     files = plan_files(cfg)
-    done = writer.finished_files(cfg.output.path)
-    pending = [f for f in files if f.file_id not in done]
+    image_column = output_image_column(cfg)
+    out_schema = schema.output_schema(image_column)
+    record = run_record(cfg, run_id, files)  # loads model configs: a bad model id fails here
+    generation = claim_table(cfg, table, record, out_schema)
+    app_ids = {f.file_id: input_app_id(generation, record["fingerprint"], f.path) for f in files}
+    done = table.committed(app_ids.values())  # asks the log; no input file is opened
+    replacing: dict = {}
+    if cfg.output.retry_failed:
+        pending, replacing = plan_retry(table, files, app_ids, done)
+    else:
+        pending = [f for f in files if app_ids[f.file_id] not in done]
     if not pending:
-        print(f"[curate] nothing to do: all {len(files)} input files are finished in {cfg.output.path}")
-        return read_summary(cfg.output.path)
-    info = run_info(cfg, previous, files, pending)  # loads model configs: a bad model id fails here
-    fs_root = writer.ensure_folder(cfg.output.path)
-    writer.write_json_atomic(fs_root[0], f"{fs_root[1]}/_run.json", info)
-    removed = writer.clear_unfinished(cfg.output.path, pending)
-    if done:
+        what = "with rows to retry" if cfg.output.retry_failed else "to curate"
+        print(f"[curate] nothing to do: no input file {what} ({len(files)} committed in {cfg.output.path})")
+        return _refresh_summary(table, rows=0, seconds=0.0, files=0)
+    if done and not cfg.output.retry_failed:
         print(
-            f"[curate] resuming: {len(done)} of {len(files)} input files already finished, {len(pending)} to go"
+            f"[curate] resuming: {len(done)} of {len(files)} input files already committed, {len(pending)} to go"
         )
-    if removed:
-        log.info("removed %d leftover parts of unfinished files", removed)
+    table.write_json(f"_runs/{run_id}.json", record)
 
     mode = init_ray(cfg.ray)
     check_capacity(cfg, mode)
     print(f"[curate] {len(pending)} input files, ray {mode}, scorer GPUs per actor: {scorer_resources(cfg)}")
-    image_column = output_image_column(cfg)
     expected = reader.count_rows(pending)
-    committer = writer.Committer(cfg.output.path, pending, expected)
-    progress = Progress(total_files=len(pending), expected_rows=sum(v for v in expected.values() if v > 0))
-    t_stream = time.time()
-    for batch in build_dataset(cfg, pending, image_column).iter_batches(
-        batch_size=None, batch_format="pyarrow"
-    ):
-        for meta in batch.to_pylist():
-            finished = committer.add(meta)
-            progress.update(len(meta["rows"]), finished is not None)
-    committer.finish()
-    elapsed = time.time() - t_stream
-    rows_this_run = committer.rows_written
-    summary = writer.summarize(
-        cfg.output.path,
-        images_per_s=rows_this_run / elapsed if elapsed > 0 else 0.0,
-        this_run={
-            "rows": rows_this_run,
-            "files": len(committer.committed),
-            "seconds": round(time.time() - t0, 2),
-        },
+    committer = writer.Committer(
+        table, pending, expected, generation, record["fingerprint"], run_id, out_schema, replacing
     )
-    writer.write_json_atomic(fs_root[0], f"{fs_root[1]}/_summary.json", summary)
-    info["ended_at"] = time.time()
-    writer.write_json_atomic(fs_root[0], f"{fs_root[1]}/_run.json", info)
+    progress = Progress(total_files=len(pending), expected_rows=sum(v for v in expected.values() if v > 0))
+    failures = FailureRate(cfg.output.max_failure_rate, cfg.output.failure_window)
+    t_stream = time.time()
+    try:
+        for batch in build_dataset(cfg, pending, image_column, run_id).iter_batches(
+            batch_size=None, batch_format="pyarrow"
+        ):
+            for meta in batch.to_pylist():
+                finished = committer.add(meta)
+                progress.update(len(meta["rows"]), finished)
+                failures.add(len(meta["rows"]), meta["transient"])
+            committer.flush()  # files completed by this batch: one commit
+        committer.finish()
+    finally:
+        record.update(
+            ended_at=time.time(), inputs_committed=[committer.files[f].path for f in committer.committed]
+        )
+        table.write_json(f"_runs/{run_id}.json", record)
+    elapsed = time.time() - t_stream
+    summary = _refresh_summary(
+        table, rows=committer.rows_written, seconds=elapsed, files=len(committer.committed), t0=t0
+    )
     print_summary(summary, cfg.output.path)
+    return summary
+
+
+def _refresh_summary(
+    table: OutputTable, rows: int, seconds: float, files: int, t0: float | None = None
+) -> dict:
+    """`_summary.json`: the whole table (every committed row), and this run's throughput."""
+    summary = table.summary()
+    summary["images_per_s"] = round(rows / seconds, 3) if seconds > 0 else 0.0
+    summary["this_run"] = {
+        "rows": rows,
+        "files": files,
+        "seconds": round(time.time() - t0, 2) if t0 else 0.0,
+    }
+    table.write_json("_summary.json", summary)
     return summary
 
 

@@ -1,67 +1,45 @@
-"""Reading a curated folder: what the training job, the report and user scripts use.
+"""Reading a curated table: what the training job, the report and user scripts use.
 
-Layout of a curated folder (written by :mod:`datajuicer_ray.io.writer`)::
+Only what the Delta log commits is data (``datajuicer_ray.io.table`` owns the layout): every function here
+goes through the log, never through a glob of the folder, so the data files of a run that is still going,
+or of one that was killed, are never read. Users read the same table with any Delta reader::
 
-    OUT/part-<input file id>-<n>.parquet   the curated rows (contract columns)
-    OUT/_run.json                          resolved config, models, S/P/G, times
-    OUT/_summary.json                      counts by status and rewrite status, images/s
-    OUT/_manifest/<input file id>.json     one per finished input file
-    OUT/_tmp/                              parts of unfinished input files (ignored by readers)
-
-Names starting with ``_`` are ignored by pyarrow datasets, so ``pd.read_parquet(OUT)`` works too.
+    deltalake.DeltaTable(OUT).to_pandas()          polars.read_delta(OUT)          ray.data.read_delta(OUT)
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import fsspec
+from datajuicer_ray.io.table import SUMMARY_FILE, OutputTable
 
 
-def fs_root(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem of a folder URL or path, and the folder's path on it (no trailing slash)."""
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root.rstrip("/")
-
-
-def list_parts(path: str) -> list[str]:
-    """The curated Parquet files of a folder, sorted, as paths/URLs pyarrow and Ray Data read."""
-    fs, root = fs_root(path)
-    files = sorted(f for f in fs.glob(f"{root}/part-*.parquet"))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return [f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files]
-
-
-def read_json(path: str, name: str) -> dict[str, Any]:
-    fs, root = fs_root(path)
-    target = f"{root}/{name}"
-    if not fs.exists(target):
-        return {}
-    with fs.open(target, "r") as fh:
-        return json.load(fh)
+def data_files(path: str) -> list[str]:
+    """The committed data files of the table, sorted, as paths/URLs pyarrow and Ray Data read."""
+    return sorted(OutputTable(path).file_uris())
 
 
 def read_run_info(path: str) -> dict[str, Any]:
-    """The folder's ``_run.json`` ({} if absent)."""
-    return read_json(path, "_run.json")
+    """The newest run record of the table (``_runs/<run id>.json``; {} if there is none)."""
+    return OutputTable(path).latest_run()
 
 
 def read_summary(path: str) -> dict[str, Any]:
-    """The folder's ``_summary.json`` ({} if absent)."""
-    return read_json(path, "_summary.json")
+    """The table's ``_summary.json`` ({} if absent)."""
+    return OutputTable(path).read_json(SUMMARY_FILE)
 
 
 def image_column(path: str) -> str | None:
-    """Name of the image-bytes column in this curated folder, or None if images were not kept."""
-    info = read_run_info(path)
-    cfg = info.get("config", {})
+    """Name of the image-bytes column in this curated table, or None if images were not kept."""
+    cfg = read_run_info(path).get("config", {})
     if not cfg.get("output", {}).get("keep_image", True):
         return None
     return cfg.get("input", {}).get("columns", {}).get("image", "jpg")
 
 
 def geometry(path: str) -> dict[str, int]:
-    """S, P and G of the folder's patch indices."""
-    g = read_run_info(path).get("geometry", {})
-    return {"S": int(g.get("S", 224)), "P": int(g.get("P", 16)), "G": int(g.get("G", 14))}
+    """S, P and G of the table's patch indices, as its run recorded them."""
+    g = read_run_info(path).get("geometry")
+    if not g:
+        raise FileNotFoundError(f"{path}: no run record (_runs/*.json) with the table's geometry")
+    return {"S": int(g["S"]), "P": int(g["P"]), "G": int(g["G"])}

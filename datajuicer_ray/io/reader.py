@@ -25,13 +25,14 @@ import pyarrow.parquet as pq
 
 from datajuicer_ray.config import ColumnsConfig, InputConfig, parse_shard
 from datajuicer_ray.io import schema
+from datajuicer_ray.io.faults import is_transient_io, storage_retrying
 
 IMAGE_COL = "_image"
 UPSTREAM_STATUS_COL = "_upstream_status"
 UPSTREAM_ERROR_COL = "_upstream_error"
 LAST_COL = "_last"
 
-READ_ERROR = "read_error"
+READ_ERROR = schema.READ_ERROR
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 CAPTION_SUFFIXES = ("txt", "caption", "text")
@@ -58,9 +59,11 @@ class InputFile:
 
 
 def file_id_for(path: str) -> str:
+    """A readable id for keys of keyless inputs (``<id>:<row>``); the file's identity everywhere else (its
+    commit marker, the ``source_file`` column) is its full URI."""
     stem = posixpath.basename(path.rstrip("/")).split(".")[0] or "input"
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:64]
-    return f"{safe}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
 
 
 def expand_paths(spec: str | list[str], fmt: str) -> list[str]:
@@ -226,25 +229,45 @@ def _wds_blocks(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Itera
         yield block
 
 
+def _skip_rows(blocks: Iterator[dict[str, list]], n: int) -> Iterator[dict[str, list]]:
+    """Drop the first ``n`` rows of a block stream (resuming a file after a transient fault)."""
+    for block in blocks:
+        size = len(block["key"])
+        if n >= size:
+            n -= size
+            continue
+        yield {k: v[n:] for k, v in block.items()} if n else block
+        n = 0
+
+
+def _blocks(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Iterator[dict[str, list]]:
+    if f.format == "parquet":
+        return _parquet_blocks(f, cols, rows_per_block)
+    return _wds_blocks(f, cols, rows_per_block)
+
+
 def read_file(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Iterator[pa.Table]:
     """Stream one input file as internal-layout tables; the last row is marked.
 
-    A file that cannot be read (or breaks off) ends in one ``read_error`` row that says why, so the
-    failure is in the output and the rows read before it are kept.
+    A transient storage fault (a reset connection, a throttle) is retried with backoff, resuming after
+    the rows already read; if it outlasts the retries the error goes up, so the task fails and the file
+    stays uncommitted for a re-run: a passing fault is never a row's fate. A file that cannot be read
+    (corrupt, missing column, breaks off) ends in one ``read_error`` row that says why, and the rows
+    read before it are kept.
     """
-    blocks = (
-        _parquet_blocks(f, cols, rows_per_block)
-        if f.format == "parquet"
-        else _wds_blocks(f, cols, rows_per_block)
-    )
     start, pending = 0, None
     try:
-        for block in blocks:
-            if pending is not None:  # one block of look-ahead, so the last row can be marked
-                yield _rows_table(pending, f.file_id, start, last=False)
-                start += len(pending["key"])
-            pending = block
-    except Exception as err:  # noqa: BLE001
+        for attempt in storage_retrying():
+            with attempt:
+                consumed = start + (len(pending["key"]) if pending is not None else 0)
+                for block in _skip_rows(_blocks(f, cols, rows_per_block), consumed):
+                    if pending is not None:  # one block of look-ahead, so the last row can be marked
+                        yield _rows_table(pending, f.file_id, start, last=False)
+                        start += len(pending["key"])
+                    pending = block
+    except Exception as err:
+        if is_transient_io(err):
+            raise  # outlasted the retries: fail the task, leave the file uncommitted
         if pending is not None:
             yield _rows_table(pending, f.file_id, start, last=False)
             start += len(pending["key"])
@@ -267,9 +290,9 @@ def read_curated_file(f: InputFile, image_column: str | None, rows_per_block: in
         pf = pq.ParquetFile(fh)
         total, start = pf.metadata.num_rows, 0
         for batch in pf.iter_batches(batch_size=rows_per_block):
-            t = pa.Table.from_batches([batch]).drop_columns(
-                [c for c in ("caption_rewritten", "rewrite_status") if c in batch.schema.names]
-            )
+            # The text branch's columns and the lineage are written anew by this run.
+            redone = ("caption_rewritten", "rewrite_status", "source_file", "source_row")
+            t = pa.Table.from_batches([batch]).drop_columns([c for c in redone if c in batch.schema.names])
             if image_column and image_column in t.column_names:
                 t = t.rename_columns([IMAGE_COL if c == image_column else c for c in t.column_names])
             n = t.num_rows

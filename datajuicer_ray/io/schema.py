@@ -13,6 +13,12 @@ EMPTY = "empty"
 TOO_LARGE = "too_large"
 UPSTREAM = "upstream:"  # + img2dataset's status, e.g. "upstream:failed_to_download"
 SCORE_ERROR = "score_error"
+READ_ERROR = "read_error"
+
+# Statuses a system fault (storage, device, endpoint) leaves, as opposed to what the data is: they count
+# towards the failure-rate limit, and `output.retry_failed=true` processes their input files again.
+TRANSIENT_STATUSES = (READ_ERROR, SCORE_ERROR)
+TRANSIENT_REWRITE_PREFIX = "failed:"
 
 # rewrite_status values: ok, disabled, skipped:<row status>, rejected:<reason>, failed:<reason>.
 REWRITE_OK = "ok"
@@ -22,6 +28,13 @@ REWRITE_DISABLED = "disabled"
 SOURCE_COL = "_source"  # input file id
 ROW_COL = "_row"  # row number inside the input file
 PIXELS_COL = "_pixels"  # canonical view, S*S*3 uint8 bytes
+
+
+VISION_COLUMNS = ("patch_grid", "patch_index", "patch_scores", "kept_mass", "objects")
+
+
+def is_transient(status: str | None, rewrite_status: str | None) -> bool:
+    return status in TRANSIENT_STATUSES or (rewrite_status or "").startswith(TRANSIENT_REWRITE_PREFIX)
 
 
 def output_schema(image_column: str | None) -> pa.Schema:
@@ -35,8 +48,13 @@ def output_schema(image_column: str | None) -> pa.Schema:
         pa.field("rewrite_status", pa.string(), nullable=False),
         pa.field("patch_grid", pa.int16()),
         pa.field("patch_index", pa.list_(pa.int16())),
+        pa.field("patch_scores", pa.list_(pa.float32())),
+        pa.field("kept_mass", pa.float32()),
         pa.field("objects", pa.list_(OBJECT_TYPE)),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        # Lineage: the input file (full URI) and row each output row came from.
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
     ]
     return pa.schema(fields)

@@ -1,128 +1,138 @@
-"""Writer: exactly-once, resumable output, committed one input file at a time.
+"""Writer: workers write data files into the table folder; the driver commits whole input files.
 
-Workers write *parts* (the rows of one input file that arrived in one batch) under ``_tmp/`` with a name
-derived from the file and the row numbers they hold, so a retried task rewrites the same name. The driver
-sees every part's row numbers; when an input file's rows are all present (its last row carries a mark),
-it moves the file's parts into the folder and writes ``_manifest/<file id>.json``. A re-run skips files
-that have a manifest entry and clears leftovers of the rest, so a killed driver, a lost node or a
-restarted actor never leaves a row missing or written twice.
+Worker side (:class:`DataFileWriter`): the rows of one input file that arrived in one batch become one
+Parquet data file in the table folder, under a name no other write uses (run id, input, first row,
+a random suffix): a retried or reconstructed task writes a new file and never touches one that may already
+be committed. The worker returns each file's name, size, row numbers and Delta statistics.
 
-Why not Ray Data's ``checkpoint_config``: it is beta, dedups row by row (loading every finished key at
-start, a LAION-scale set in driver memory), and still reads and decodes whole finished files; ours skips
-finished files without opening them and gives each file an atomic, inspectable commit record.
+Driver side (:class:`Committer`): it counts row numbers per input file; once a file's last row (marked by
+the reader) and every row before it are in, the file is ready, and ready files are committed together in
+one Delta transaction, each with its own marker (:mod:`datajuicer_ray.io.table`). Rows that arrive twice
+(a task retried after its first output was seen) are never committed twice: a data file whose rows are all
+known already is left out, one with some new rows is rewritten with just those.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datajuicer_ray.io import schema
-from datajuicer_ray.io.curated import fs_root
+from datajuicer_ray.io.faults import storage_retrying
 from datajuicer_ray.io.reader import IMAGE_COL, LAST_COL, InputFile
-
-MANIFEST_DIR = "_manifest"
-TMP_DIR = "_tmp"
-
-
-def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: dict) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-    fs.mv(tmp, path)
-
-
-def read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict:
-    with fs.open(path, "r") as fh:
-        return json.load(fh)
-
-
-def ensure_folder(out_path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fs_root(out_path)
-    fs.makedirs(root, exist_ok=True)
-    return fs, root
-
+from datajuicer_ray.io.table import DataFile, InputCommit, OutputTable, filesystem, input_app_id
 
 # ----------------------------------------------------------------------------------------------
 # worker side
 
 
-def to_output_table(batch: pa.Table, image_column: str | None) -> pa.Table:
-    """Internal batch -> contract columns, in contract order. Missing rewrite columns mean rewriting is off."""
+def to_output_table(batch: pa.Table, image_column: str | None, source_uri: str) -> pa.Table:
+    """Internal batch of one input file -> contract columns, in contract order. Missing rewrite columns
+    mean rewriting is off; missing vision columns mean the vision branch did not run."""
     n = batch.num_rows
-    cols = {"key": batch.column("key")}
+    names = set(batch.column_names)
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {"key": batch.column("key")}
     if image_column:
-        cols[image_column] = (
-            batch.column(IMAGE_COL) if IMAGE_COL in batch.column_names else pa.nulls(n, pa.binary())
-        )
+        cols[image_column] = batch.column(IMAGE_COL) if IMAGE_COL in names else pa.nulls(n, pa.binary())
     cols["caption"] = batch.column("caption")
-    if "rewrite_status" in batch.column_names:
+    if "rewrite_status" in names:
         cols["caption_rewritten"] = batch.column("caption_rewritten")
         cols["rewrite_status"] = batch.column("rewrite_status")
     else:
         cols["caption_rewritten"] = pa.nulls(n, pa.string())
         cols["rewrite_status"] = pa.array([schema.REWRITE_DISABLED] * n, pa.string())
-    for name in ("patch_grid", "patch_index", "objects", "status", "error"):
-        cols[name] = batch.column(name)
-    return pa.Table.from_pydict(cols).cast(schema.output_schema(image_column))
+    out_schema = schema.output_schema(image_column)
+    for name in schema.VISION_COLUMNS:
+        cols[name] = batch.column(name) if name in names else pa.nulls(n, out_schema.field(name).type)
+    cols["status"] = batch.column("status")
+    cols["error"] = batch.column("error")
+    cols["source_file"] = pa.array([source_uri] * n, pa.string())
+    cols["source_row"] = batch.column(schema.ROW_COL)
+    return pa.Table.from_pydict(cols).cast(out_schema)
 
 
-def part_name(file_id: str, rows: list[int]) -> str:
-    digest = hashlib.sha1(",".join(map(str, rows)).encode()).hexdigest()[:12]
-    return f"part-{file_id}-{min(rows):09d}-{digest}.parquet"
+def data_file_name(run_id: str, source_uri: str, first_row: int) -> str:
+    source = hashlib.sha256(source_uri.encode()).hexdigest()[:12]
+    return f"part-{run_id}-{source}-{first_row:09d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def delta_stats(table: pa.Table, source_uri: str) -> str:
+    """Delta column statistics: the row count, and `source_file`'s bounds, so the log alone tells which
+    data files hold an input file's rows (``OutputTable.data_files_of``)."""
+    return json.dumps(
+        {
+            "numRecords": table.num_rows,
+            "minValues": {"source_file": source_uri},
+            "maxValues": {"source_file": source_uri},
+            "nullCount": {"source_file": 0},
+        }
+    )
+
+
+def write_data_file(out_path: str, name: str, table: pa.Table) -> int:
+    """Write one data file into the table folder (transient faults retried); returns its size in bytes."""
+    fs, root = filesystem(out_path)
+    path = f"{root}/{name}"
+    for attempt in storage_retrying():
+        with attempt:
+            with fs.open_output_stream(path) as fh:
+                pq.write_table(table, fh, compression="zstd")
+            return fs.get_file_info(path).size
+    raise AssertionError("unreachable: storage_retrying re-raises")
 
 
 META_SCHEMA = pa.schema(
     [
         ("file_id", pa.string()),
-        ("part", pa.string()),
+        ("name", pa.string()),
+        ("size", pa.int64()),
         ("rows", pa.list_(pa.int64())),
         ("last_row", pa.int64()),
-        ("by_status", pa.string()),
-        ("by_rewrite_status", pa.string()),
+        ("transient", pa.int64()),  # rows whose status a system fault set (the failure-rate limit)
+        ("stats", pa.string()),
     ]
 )
 
 
-class PartWriter:
-    """``batch -> part metadata``: writes each input file's rows of the batch as one part under ``_tmp/``."""
+class DataFileWriter:
+    """``batch -> data-file metadata``: each input file's rows of the batch become one data file."""
 
-    def __init__(self, out_path: str, image_column: str | None):
+    def __init__(self, out_path: str, image_column: str | None, run_id: str, uris: dict[str, str]):
         self.out_path = out_path
         self.image_column = image_column
+        self.run_id = run_id
+        self.uris = uris  # input file id -> full URI
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        fs, root = fs_root(self.out_path)
-        sources = batch.column(schema.SOURCE_COL).to_pylist()
+        sources = batch.column(schema.SOURCE_COL)
         meta: dict[str, list] = {f.name: [] for f in META_SCHEMA}
-        for file_id in dict.fromkeys(sources):
-            group = batch.filter(pc.equal(batch.column(schema.SOURCE_COL), file_id))
+        for file_id in dict.fromkeys(sources.to_pylist()):
+            group = batch.filter(pc.equal(sources, file_id))
             rows = group.column(schema.ROW_COL).to_pylist()
             last = [r for r, is_last in zip(rows, group.column(LAST_COL).to_pylist()) if is_last]
-            out = to_output_table(group, self.image_column)
-            name = part_name(file_id, rows)
-            final = f"{root}/{TMP_DIR}/{name}"
-            tmp = f"{root}/{TMP_DIR}/.{name}.{uuid.uuid4().hex}"
-            with fs.open(tmp, "wb") as fh:
-                pq.write_table(out, fh, compression="zstd")
-            fs.mv(tmp, final)  # atomic on local filesystems; the driver only trusts parts it was told of
+            uri = self.uris[file_id]
+            out = to_output_table(group, self.image_column, uri)
+            name = data_file_name(self.run_id, uri, min(rows))
             meta["file_id"].append(file_id)
-            meta["part"].append(name)
+            meta["name"].append(name)
+            meta["size"].append(write_data_file(self.out_path, name, out))
             meta["rows"].append(rows)
             meta["last_row"].append(last[0] if last else -1)
-            meta["by_status"].append(json.dumps(Counter(out.column("status").to_pylist())))
-            meta["by_rewrite_status"].append(json.dumps(Counter(out.column("rewrite_status").to_pylist())))
+            meta["transient"].append(_transient_rows(out))
+            meta["stats"].append(delta_stats(out, uri))
         return pa.Table.from_pydict(meta, schema=META_SCHEMA)
+
+
+def _transient_rows(out: pa.Table) -> int:
+    statuses = zip(out.column("status").to_pylist(), out.column("rewrite_status").to_pylist())
+    return sum(schema.is_transient(s, r) for s, r in statuses)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,169 +141,116 @@ class PartWriter:
 
 @dataclass
 class _FileState:
-    parts: dict[str, list[int]] = field(default_factory=dict)
+    files: list[DataFile] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
     last_row: int = -1
-    by_status: Counter = field(default_factory=Counter)
-    by_rewrite_status: Counter = field(default_factory=Counter)
 
 
 class Committer:
-    """Tracks parts as they arrive and commits each input file once all its rows are written."""
+    """Tracks data files as they arrive and commits each input file once all its rows are written."""
 
-    def __init__(self, out_path: str, files: list[InputFile], expected_rows: dict[str, int]):
-        self.fs, self.root = fs_root(out_path)
+    def __init__(
+        self,
+        table: OutputTable,
+        files: list[InputFile],
+        expected_rows: dict[str, int],
+        generation: int,
+        fingerprint: str,
+        run_id: str,
+        out_schema: pa.Schema,
+        replacing: dict[str, tuple[list[str], int]] | None = None,
+    ):
+        self.table = table
         self.files = {f.file_id: f for f in files}
         self.expected = expected_rows
+        self.generation = generation
+        self.fingerprint = fingerprint
+        self.run_id = run_id
+        self.schema = out_schema
+        # retry_failed: input URI -> (data files its new rows replace, the marker version to commit)
+        self.replacing = replacing or {}
         self.state: dict[str, _FileState] = {}
-        self.committed: list[str] = []
+        self.ready: list[str] = []
+        self.committed: list[str] = []  # input file ids committed by this run
+        self.skipped: list[str] = []  # input file ids another driver committed first
+        self.orphans: list[str] = []  # data files this run wrote and will not commit
         self.rows_written = 0
-        self.fs.makedirs(f"{self.root}/{MANIFEST_DIR}", exist_ok=True)
-        self.fs.makedirs(f"{self.root}/{TMP_DIR}", exist_ok=True)
+        self.status_counts: Counter = Counter()
 
-    def add(self, meta: dict) -> str | None:
-        """One part's metadata; returns the file id if this part completed its file."""
-        file_id, name, rows = meta["file_id"], meta["part"], list(meta["rows"])
+    def add(self, meta: dict) -> bool:
+        """One data file's metadata; True if it completed its input file (ready to commit)."""
+        file_id, rows = meta["file_id"], list(meta["rows"])
         st = self.state.setdefault(file_id, _FileState())
-        if name in st.parts:  # the same part again (a retried task): it was rewritten in place
-            return None
         dup = st.seen.intersection(rows)
-        if dup:
-            # A retry that batched rows differently: keep only the rows we do not have yet.
+        name, size, stats = meta["name"], meta["size"], meta["stats"]
+        if dup:  # a retried task: keep only the rows we do not have yet
             keep = [i for i, r in enumerate(rows) if r not in st.seen]
-            self._rewrite_part(name, keep)
+            self.orphans.append(name)
+            if not keep:
+                return False
+            name, size, stats = self._rewrite_subset(name, keep)
             rows = [rows[i] for i in keep]
-            meta = {**meta, "by_status": None}
-            if not rows:
-                return None
-        st.parts[name] = rows
+        st.files.append(DataFile(name, size, len(rows), stats))
         st.seen.update(rows)
         if meta["last_row"] >= 0:
             st.last_row = meta["last_row"]
-        if meta["by_status"] is not None:
-            st.by_status.update(json.loads(meta["by_status"]))
-            st.by_rewrite_status.update(json.loads(meta["by_rewrite_status"]))
-        else:
-            self._recount(st)
         self.rows_written += len(rows)
         if st.last_row >= 0 and len(st.seen) == st.last_row + 1:
-            self.commit(file_id)
-            return file_id
-        return None
+            self.ready.append(file_id)
+            return True
+        return False
 
-    def _rewrite_part(self, name: str, keep: list[int]) -> None:
-        path = f"{self.root}/{TMP_DIR}/{name}"
-        with self.fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
-        if keep:
-            with self.fs.open(path + ".dedup", "wb") as fh:
-                pq.write_table(table.take(pa.array(keep)), fh, compression="zstd")
-            self.fs.mv(path + ".dedup", path)
-        else:
-            self.fs.rm(path)
+    def _rewrite_subset(self, name: str, keep: list[int]) -> tuple[str, int, str]:
+        fs, root = filesystem(self.table.path)
+        with fs.open_input_file(f"{root}/{name}") as fh:
+            table = pq.read_table(fh).take(pa.array(keep))
+        uri = table.column("source_file")[0].as_py()
+        new = data_file_name(self.run_id, uri, int(pc.min(table.column("source_row")).as_py()))
+        return new, write_data_file(self.table.path, new, table), delta_stats(table, uri)
 
-    def _recount(self, st: _FileState) -> None:
-        st.by_status, st.by_rewrite_status = Counter(), Counter()
-        for name in st.parts:
-            with self.fs.open(f"{self.root}/{TMP_DIR}/{name}", "rb") as fh:
-                t = pq.read_table(fh, columns=["status", "rewrite_status"])
-            st.by_status.update(t.column("status").to_pylist())
-            st.by_rewrite_status.update(t.column("rewrite_status").to_pylist())
-
-    def commit(self, file_id: str) -> None:
-        st = self.state.get(file_id, _FileState())
-        for name in sorted(st.parts):
-            self.fs.mv(f"{self.root}/{TMP_DIR}/{name}", f"{self.root}/{name}")
+    def _commit_for(self, file_id: str) -> InputCommit:
         f = self.files[file_id]
-        entry = {
-            "file_id": file_id,
-            "input": f.path,
-            "rows_expected": self.expected.get(file_id, -1)
-            if self.expected.get(file_id, -1) >= 0
-            else len(st.seen),
-            "rows_written": len(st.seen),
-            "parts": sorted(st.parts),
-            "by_status": dict(st.by_status),
-            "by_rewrite_status": dict(st.by_rewrite_status),
-            "committed_at": time.time(),
-        }
-        write_json_atomic(self.fs, f"{self.root}/{MANIFEST_DIR}/{file_id}.json", entry)
-        self.committed.append(file_id)
+        st = self.state.get(file_id, _FileState())
+        replaces, version = self.replacing.get(f.path, ([], 1))
+        expected = self.expected.get(file_id, -1)
+        return InputCommit(
+            uri=f.path,
+            app_id=input_app_id(self.generation, self.fingerprint, f.path),
+            files=st.files,
+            rows_in=expected if expected >= 0 else len(st.seen),
+            replaces=replaces,
+            version=version,
+        )
+
+    def flush(self) -> list[str]:
+        """Commit every ready input file in one transaction; returns the file ids committed now."""
+        if not self.ready:
+            return []
+        commits = {fid: self._commit_for(fid) for fid in self.ready}
+        self.ready = []
+        landed = {c.app_id for c in self.table.commit(list(commits.values()), self.schema, self.run_id)}
+        now = []
+        for fid, c in commits.items():
+            if c.app_id in landed:
+                now.append(fid)
+            else:  # another driver on the same slice committed it first: ours are orphans
+                self.skipped.append(fid)
+                self.orphans += [f.name for f in c.files]
+        self.committed += now
+        return now
 
     def finish(self) -> None:
-        """After the stream ended: files that produced no row are empty inputs; anything else is a bug."""
+        """After the stream ended: files that produced no row are empty inputs (committed with no data
+        file, so a re-run skips them); a file whose last row never came is a bug or a lost task."""
         for file_id in self.files:
-            if file_id in self.committed:
-                continue
             st = self.state.get(file_id)
             if st is None or not st.seen:
-                self.commit(file_id)
-            else:
+                if file_id not in self.committed and file_id not in self.ready:
+                    self.ready.append(file_id)
+            elif st.last_row < 0 or len(st.seen) != st.last_row + 1:
                 raise RuntimeError(
                     f"input {self.files[file_id].path}: {len(st.seen)} rows written but the file's last row "
                     "never arrived; re-run to complete it"
                 )
-
-
-# ----------------------------------------------------------------------------------------------
-# resume
-
-
-def finished_files(out_path: str) -> dict[str, dict]:
-    fs, root = fs_root(out_path)
-    folder = f"{root}/{MANIFEST_DIR}"
-    if not fs.exists(folder):
-        return {}
-    out = {}
-    for p in fs.glob(f"{folder}/*.json"):
-        entry = read_json(fs, p)
-        out[entry["file_id"]] = entry
-    return out
-
-
-def clear_unfinished(out_path: str, pending: list[InputFile]) -> int:
-    """Remove parts of unfinished files (in ``_tmp/`` or moved by an interrupted commit)."""
-    fs, root = fs_root(out_path)
-    removed = 0
-    pending_ids = {f.file_id for f in pending}
-    for pattern in (f"{root}/{TMP_DIR}/*", f"{root}/{TMP_DIR}/.*", f"{root}/part-*.parquet"):
-        for p in fs.glob(pattern):
-            name = posixpath.basename(p).lstrip(".")
-            if name.startswith("part-") and any(name.startswith(f"part-{fid}-") for fid in pending_ids):
-                fs.rm(p)
-                removed += 1
-    return removed
-
-
-def clear_output(out_path: str) -> None:
-    """output.mode=overwrite: remove what a previous run wrote (only our own files)."""
-    fs, root = fs_root(out_path)
-    if not fs.exists(root):
-        return
-    for p in fs.glob(f"{root}/part-*.parquet"):
-        fs.rm(p)
-    for name in (MANIFEST_DIR, TMP_DIR):
-        if fs.exists(f"{root}/{name}"):
-            fs.rm(f"{root}/{name}", recursive=True)
-    for name in ("_run.json", "_summary.json"):
-        if fs.exists(f"{root}/{name}"):
-            fs.rm(f"{root}/{name}")
-
-
-def summarize(out_path: str, images_per_s: float, this_run: dict) -> dict:
-    """`_summary.json`: counts over every finished input file, this run's throughput."""
-    entries = finished_files(out_path).values()
-    by_status: Counter = Counter()
-    by_rewrite: Counter = Counter()
-    for e in entries:
-        by_status.update(e["by_status"])
-        by_rewrite.update(e["by_rewrite_status"])
-    return {
-        "rows_in": sum(e["rows_expected"] for e in entries),
-        "rows_out": sum(e["rows_written"] for e in entries),
-        "by_status": dict(sorted(by_status.items())),
-        "by_rewrite_status": dict(sorted(by_rewrite.items())),
-        "files_finished": len(entries),
-        "images_per_s": round(images_per_s, 3),
-        "this_run": this_run,
-    }
+        self.flush()
+        self.table.remove_files(self.orphans)

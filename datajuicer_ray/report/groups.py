@@ -14,7 +14,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datajuicer_ray.io.curated import list_parts
+from datajuicer_ray.io.curated import data_files
 
 # Footers read to plan a sample: enough to spread it over many files, few enough to take seconds on S3.
 MAX_FILES = 64
@@ -47,9 +47,11 @@ def _open(path: str) -> pq.ParquetFile:
 
 
 def plan(output_dir: str, rng: random.Random, max_files: int = MAX_FILES) -> GroupPlan:
-    parts = list_parts(output_dir)
+    parts = data_files(output_dir)
     if not parts:
-        raise FileNotFoundError(f"no part-*.parquet files in {output_dir!r}: is it a curated output folder?")
+        raise FileNotFoundError(
+            f"no committed rows in {output_dir!r}: is it a curated table (a `datajuicer-ray curate` output)?"
+        )
     files = list(parts)
     rng.shuffle(files)
     opened = files[:max_files]

@@ -84,6 +84,11 @@ _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„": "�
 _SENTENCE_RE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
 
 
+# Bump when a rule changes what the guard accepts: it is part of the run fingerprint, so a resume after a
+# guard change is refused instead of mixing rows judged by two guards.
+GUARD_VERSION = "guard-v1"
+
+
 @dataclass(frozen=True)
 class GuardSettings:
     max_words: int = 60

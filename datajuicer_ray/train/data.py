@@ -44,10 +44,10 @@ class Source:
 
 def open_source(path: str) -> Source:
     """Check that ``path`` is a curated folder with images; raise ConfigError saying what is wrong."""
-    parts = curated.list_parts(path)
+    parts = curated.data_files(path)
     if not parts:
         raise ConfigError(
-            f"data.path: no part-*.parquet in {path!r}; point it at a `datajuicer-ray curate` output"
+            f"data.path: no committed rows in {path!r}; point it at a `datajuicer-ray curate` output table"
         )
     column = curated.image_column(path)
     if column is None:

@@ -93,8 +93,11 @@ class PatchScorer:
         if not self.scorer.has_head and vision.classifier:
             self.classifier = load_model(vision.classifier, None, self.device)
         self.max_batch = vision.batch_size
-        # Fault drills (tests/test_faults.py) slow the scorer so a node or actor can be killed mid-run.
+        # Fault drills (tests/test_faults.py, tests/test_transient.py): slow the scorer so a node or actor can
+        # be killed mid-run; fail the rows whose key contains a marker; break the "device" once.
         self.drill_delay_s = float(os.environ.get("DATAJUICER_RAY_SCORER_DELAY_S", "0") or 0)
+        self.drill_fail_keys = os.environ.get("DATAJUICER_RAY_DRILL_SCORE_ERROR_KEYS", "")
+        self.drill_device_fault = os.environ.get("DATAJUICER_RAY_DRILL_DEVICE_FAULT_ONCE", "")
 
     # -- tensors ---------------------------------------------------------------------------
 
@@ -151,12 +154,14 @@ class PatchScorer:
 
     # -- failure handling ------------------------------------------------------------------
 
-    def _score_rows(self, views: np.ndarray) -> list[tuple[np.ndarray, list[dict]] | str]:
+    def _score_rows(self, views: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list[dict]] | str]:
         """Per row: (indices, objects) or an error string. A batch that fails (CUDA OOM or anything
         else) is halved and retried, down to single rows, so one bad row costs only itself."""
         try:
             maps, probs = self.score(views)
         except Exception as err:  # noqa: BLE001
+            if _is_device_fault(err):
+                self._restart(err)
             if self.device == "cuda":
                 torch.cuda.empty_cache()
             if len(views) == 1:
@@ -167,20 +172,46 @@ class PatchScorer:
             half = len(views) // 2
             return self._score_rows(views[:half]) + self._score_rows(views[half:])
         objects = self.objects(probs) if probs is not None else [[] for _ in range(len(views))]
-        return [(top_k_indices(m, self.k), o) for m, o in zip(maps, objects)]
+        # Select from the map as stored (float32), so top-k of `patch_scores` is `patch_index` exactly.
+        stored = maps.astype(np.float32).reshape(len(views), -1)
+        return [(top_k_indices(m, self.k), m, o) for m, o in zip(stored, objects)]
+
+    def _restart(self, err: Exception) -> None:
+        """A broken device (a sticky CUDA error) fails every later row too: stamping `score_error` on them
+        would record a system fault as the rows' fate. Exit the actor instead; Ray restarts it (on another
+        GPU or node if this one is gone) and retries the batch."""
+        log.error("scorer: device fault, restarting the actor: %s: %s", type(err).__name__, err)
+        logging.shutdown()
+        os._exit(1)
+
+    def _drill(self, keys: list[str]) -> set[int]:
+        if self.drill_delay_s:
+            time.sleep(self.drill_delay_s)
+        marker = self.drill_device_fault
+        if marker and not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            self._restart(RuntimeError("CUDA error: an illegal memory access was encountered (drill)"))
+        if not self.drill_fail_keys:
+            return set()
+        return {i for i, k in enumerate(keys) if self.drill_fail_keys in str(k)}
 
     # -- the stage ------------------------------------------------------------------------
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.drill_delay_s:
-            time.sleep(self.drill_delay_s)
+        drill_failed = self._drill(batch.column("key").to_pylist())
         n = batch.num_rows
         status = batch.column("status").to_pylist()
         error = batch.column("error").to_pylist()
         pixels = batch.column(schema.PIXELS_COL).to_pylist()
+        for i in drill_failed:
+            if status[i] == schema.OK:
+                status[i], error[i] = schema.SCORE_ERROR, "RuntimeError: injected by a fault drill"
         todo = [i for i in range(n) if status[i] == schema.OK and pixels[i] is not None]
         grid: list = [None] * n
         index: list = [None] * n
+        scores: list = [None] * n
+        mass: list = [None] * n
         objects: list = [None] * n
         s = self.size
         for start in range(0, len(todo), self.max_batch):
@@ -190,13 +221,33 @@ class PatchScorer:
                 if isinstance(res, str):
                     status[i], error[i] = schema.SCORE_ERROR, res
                 else:
-                    grid[i], index[i], objects[i] = self.grid, res[0].tolist(), res[1]
+                    kept, score_map, objects[i] = res
+                    grid[i], index[i], scores[i] = self.grid, kept.tolist(), score_map
+                    total = float(score_map.sum())
+                    mass[i] = float(score_map[kept].sum()) / total if total > 0 else 0.0
         out = batch.drop_columns([schema.PIXELS_COL, "status", "error"])
         out = out.append_column("patch_grid", pa.array(grid, pa.int16()))
         out = out.append_column("patch_index", pa.array(index, pa.list_(pa.int16())))
+        out = out.append_column("patch_scores", pa.array(scores, pa.list_(pa.float32())))
+        out = out.append_column("kept_mass", pa.array(mass, pa.float32()))
         out = out.append_column("objects", pa.array(objects, pa.list_(schema.OBJECT_TYPE)))
         out = out.append_column("status", pa.array(status, pa.string()))
         return out.append_column("error", pa.array(error, pa.string()))
+
+
+_DEVICE_FAULTS = (
+    "CUDA error",
+    "cuDNN error",
+    "CUBLAS_STATUS",
+    "device-side assert",
+    "NCCL error",
+    "ECC error",
+)
+
+
+def _is_device_fault(err: Exception) -> bool:
+    """Errors after which the device is unusable for every later batch (an OOM is not one of them)."""
+    return not _is_oom(err) and any(s in str(err) for s in _DEVICE_FAULTS)
 
 
 def _is_oom(err: Exception) -> bool:

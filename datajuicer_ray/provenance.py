@@ -1,0 +1,133 @@
+"""What made a curated table: the run record, the versions, and the fingerprint a resume must match.
+
+The fingerprint covers everything that changes what a row becomes: the config (less resource knobs and
+slicing, see ``config.fingerprint``), the package version, the models' resolved revisions, the prompt and
+the guard. A resume after an upgrade of any of them is refused instead of silently mixing outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from datajuicer_ray import __version__
+from datajuicer_ray.config import CurateConfig, fingerprint, to_dict
+from datajuicer_ray.io.reader import InputFile
+from datajuicer_ray.io.table import OutputTable
+
+
+def versions() -> dict[str, str]:
+    out = {"datajuicer_ray": __version__, "python": platform.python_version()}
+    for pkg in ("ray", "torch", "transformers", "pyarrow", "deltalake", "pillow", "open-clip-torch", "vllm"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def local_revision(path: str) -> str | None:
+    """A local model directory has no hub revision: name it by its config and its files' names and sizes
+    (hashing GBs of weights at every start would cost more than it tells)."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+    return "local-" + h.hexdigest()[:16]
+
+
+def models_info(cfg: CurateConfig) -> dict[str, Any]:
+    """The models of this run, with resolved revisions (loads configs only: a bad model id fails here)."""
+    from datajuicer_ray.vision.scorer import scorer_run_info
+
+    if cfg.rewrite.only:
+        models: dict[str, Any] = {
+            "vision_from": cfg.input.path,
+            **OutputTable(cfg.input.path).latest_run().get("models", {}),
+        }
+    else:
+        models = scorer_run_info(cfg.vision)
+        for key in ("scorer", "classifier"):
+            if models.get(key) and models[key].get("revision") is None:
+                models[key]["revision"] = local_revision(models[key]["path"])
+    models["rewriter"] = None
+    if cfg.rewrite.enabled:
+        from datajuicer_ray.text.guard import GUARD_VERSION
+        from datajuicer_ray.text.stage import rewrite_run_info
+
+        models["rewriter"] = {**rewrite_run_info(cfg), "guard_version": GUARD_VERSION}
+    return models
+
+
+def run_fingerprint(cfg: CurateConfig, models: dict[str, Any]) -> str:
+    def rev(m: dict | None) -> Any:
+        return None if not m else [m.get("id") or m.get("model"), m.get("revision"), m.get("gguf_sha256")]
+
+    text = models.get("rewriter") or {}
+    parts = {
+        "config": fingerprint(cfg),
+        "package": __version__,
+        "scorer": rev(models.get("scorer")),
+        "classifier": rev(models.get("classifier")),
+        "vision_from": models.get("vision_from"),
+        "rewriter": rev(text) if text else None,
+        "prompt": text.get("prompt_hash"),
+        "guard": text.get("guard_version"),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[str, Any]:
+    """`_runs/<run id>.json` as written at the start; the end time and the files it committed follow."""
+    from datajuicer_ray.vision.geometry import keep_count
+
+    models = models_info(cfg)
+    s, p = cfg.vision.image_size, cfg.vision.patch_size
+    return {
+        "run_id": run_id,
+        "config": to_dict(cfg),
+        "fingerprint": run_fingerprint(cfg, models),
+        "versions": versions(),
+        "models": models,
+        "geometry": {
+            "S": s,
+            "P": p,
+            "G": s // p,
+            "keep_ratio": cfg.vision.keep_ratio,
+            "keep_count": keep_count(cfg.vision.keep_ratio, s // p),
+            "scorer": cfg.vision.model,
+            "scorer_image_size": cfg.vision.scorer_image_size or s,
+        },
+        "started_at": time.time(),
+        "ended_at": None,
+        "inputs_planned": len(files),
+        "inputs_committed": [],
+        "host": platform.node(),
+        "argv": sys.argv,
+    }
+
+
+def config_difference(old: dict, new: dict, limit: int = 6) -> str:
+    """`key: old -> new` for the settings two run records differ in (resource knobs left out)."""
+    a, b = _flatten(old), _flatten(new)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith("ray.")]
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:limit])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,338 @@
+"""Test tooling: a real Ray autoscaler (v1) over Ray's fake multi-node provider, every node a set of
+processes on this machine, plus helpers that read a curated output folder.
+
+Why not ``ray.cluster_utils.AutoscalingCluster``: in the 2.60 wheel it reads a config file the wheel lacks, and
+its start/shutdown run ``ray stop --force``, which kills every Ray process of the user on the machine (other test
+runs included). See ../../shared/FIELD-NOTES.md, "Autoscaling and transient faults on one machine".
+
+Here the head is ``ray start --head`` with its own temp dir, its own ports and an autoscaling config we write;
+every process of the cluster (head services, the autoscaler, the worker nodes it launches, their workers) carries
+a marker in its environment, and shutdown signals exactly those processes, by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+MARKER_ENV = "DATAJUICER_RAY_FAKE_CLUSTER"  # set in the head's environment; every child inherits it
+HEAD_NODE_TYPE = "ray.head.default"  # the fake provider's name for the head (FAKE_HEAD_NODE_TYPE)
+MB = 2**20
+
+# The curation drills' worker node type: one CPU and a custom resource standing in for a GPU.
+SCORER_NODE_TYPE = {
+    "scorer": {
+        "resources": {"CPU": 1, "scorer_slot": 1, "object_store_memory": 100 * MB},
+        "node_config": {},
+        "min_workers": 0,
+        "max_workers": 2,
+    }
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _environ_has(pid: int, needle: bytes) -> bool:
+    try:
+        return needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours
+        return False
+
+
+class FakeAutoscalingCluster:
+    """A head node plus an autoscaler that launches worker nodes (process groups on this machine).
+
+    ``worker_node_types`` is the launcher config's ``available_node_types`` minus the head, e.g.
+    ``{"scorer": {"resources": {"CPU": 1, "scorer_slot": 1, "object_store_memory": 100 * MB},
+    "node_config": {}, "min_workers": 0, "max_workers": 2}}``. Use as a context manager.
+    """
+
+    def __init__(
+        self,
+        worker_node_types: dict | None = None,
+        head_cpus: int = 2,
+        head_object_store_memory: int = 150 * MB,
+        head_resources: dict | None = None,
+        idle_timeout_minutes: float = 0.1,
+        start_timeout_s: float = 60,
+    ):
+        self.worker_node_types = SCORER_NODE_TYPE if worker_node_types is None else worker_node_types
+        self.head_cpus = head_cpus
+        self.head_object_store_memory = head_object_store_memory
+        self.head_resources = head_resources or {}
+        self.idle_timeout_minutes = idle_timeout_minutes
+        self.start_timeout_s = start_timeout_s
+        self.tag = uuid.uuid4().hex[:12]
+        # Short and ours alone: Ray's Unix sockets live under it (108-byte path limit).
+        self.temp_dir = Path(tempfile.mkdtemp(prefix=f"rayfake-{self.tag[:6]}-", dir="/tmp"))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.config_path = self.temp_dir / "autoscaling.json"
+        self._head_node_id: str | None = None
+        self._gcs = None
+
+    # ------------------------------------------------------------------------------------------
+    # lifecycle
+
+    def config(self) -> dict:
+        """The autoscaling config: the fake provider, the head's node type and ours."""
+        head = {
+            "resources": {"CPU": self.head_cpus, **self.head_resources},
+            "node_config": {},
+            "max_workers": 0,
+        }
+        return {
+            "cluster_name": f"fake-{self.tag}",
+            "max_workers": sum(t.get("max_workers", 0) for t in self.worker_node_types.values()),
+            "upscaling_speed": 1.0,
+            "idle_timeout_minutes": self.idle_timeout_minutes,
+            "provider": {
+                "type": "fake_multinode",
+                "use_node_id_as_ip": True,
+                "disable_node_updaters": True,
+                "disable_launch_config_check": True,
+                # Without it the provider points new nodes at <node ip>:6379.
+                "gcs_address": self.address,
+            },
+            "available_node_types": {HEAD_NODE_TYPE: head, **self.worker_node_types},
+            "head_node_type": HEAD_NODE_TYPE,
+            "auth": {"ssh_user": "ubuntu"},
+            "docker": {},
+            "file_mounts": {},
+            "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False,
+            "rsync_exclude": [],
+            "rsync_filter": [],
+            "initialization_commands": [],
+            "setup_commands": [],
+            "head_setup_commands": [],
+            "worker_setup_commands": [],
+            "head_start_ray_commands": [],
+            "worker_start_ray_commands": [],
+        }
+
+    def env(self) -> dict:
+        return {
+            **os.environ,
+            MARKER_ENV: self.tag,
+            "RAY_FAKE_CLUSTER": "1",
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+
+    def start(self) -> FakeAutoscalingCluster:
+        self.config_path.write_text(json.dumps(self.config(), indent=1))
+        ray_bin = Path(sys.executable).with_name("ray")
+        cmd = [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.port}",
+            f"--temp-dir={self.temp_dir}",
+            f"--autoscaling-config={self.config_path}",
+            f"--num-cpus={self.head_cpus}",
+            f"--object-store-memory={self.head_object_store_memory}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            # Every listening port our own, so that two clusters (two test runs) can share the machine.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ]
+        if self.head_resources:
+            cmd.append(f"--resources={json.dumps(self.head_resources)}")
+        log = open(self.temp_dir / "ray-start.log", "wb")  # noqa: SIM115 - closed below
+        try:
+            proc = subprocess.run(
+                cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, timeout=self.start_timeout_s
+            )
+        finally:
+            log.close()
+        if proc.returncode != 0:
+            text = (self.temp_dir / "ray-start.log").read_text(errors="replace")[-3000:]
+            self.shutdown()
+            raise RuntimeError(f"ray start --head failed ({proc.returncode}):\n{text}")
+        self._wait_for_autoscaler()
+        return self
+
+    def _wait_for_autoscaler(self) -> None:
+        """Until the autoscaler (monitor) has published its first status: it is then reading load."""
+        t0 = time.time()
+        while time.time() - t0 < self.start_timeout_s:
+            if self.gcs().internal_kv_get(b"__autoscaling_status", None):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"the autoscaler published no status in {self.start_timeout_s:g} s; {self.logs_hint()}")
+
+    def shutdown(self) -> None:
+        """SIGTERM, then SIGKILL, every process of this cluster (and only those); then remove its files."""
+        self._gcs = None
+        pids = self.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
+        for pid in self.pids():  # leftovers, and anything forked meanwhile
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline and self.pids():
+            time.sleep(0.2)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> FakeAutoscalingCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def pids(self) -> list[int]:
+        """Processes of this cluster: the marker in their environment, or our temp dir on their command
+        line (a process that cleared its environment still names its session dir)."""
+        needle = f"{MARKER_ENV}={self.tag}".encode()
+        me, out = os.getpid(), []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            pid = int(entry.name)
+            if _environ_has(pid, needle) or any(str(self.temp_dir) in a for a in _cmdline(pid)):
+                out.append(pid)
+        return out
+
+    def logs_hint(self) -> str:
+        return f"logs under {self.temp_dir}/session_latest/logs (monitor.* is the autoscaler)"
+
+    # ------------------------------------------------------------------------------------------
+    # state
+
+    def gcs(self):
+        if self._gcs is None:
+            from ray._raylet import GcsClient
+
+            self._gcs = GcsClient(address=self.address)
+        return self._gcs
+
+    def nodes(self) -> list[dict]:
+        """Every node the GCS knows: node_id (hex), alive, is_head, resources (total)."""
+        out = []
+        for node_id, info in self.gcs().get_all_node_info(timeout=10).items():
+            out.append(
+                {
+                    "node_id": node_id.hex(),
+                    "alive": info.state == 0,  # GcsNodeInfo.ALIVE
+                    "is_head": info.is_head_node,
+                    "resources": dict(info.resources_total),
+                }
+            )
+        return out
+
+    def alive_worker_nodes(self) -> int:
+        return sum(1 for n in self.nodes() if n["alive"] and not n["is_head"])
+
+    def wait_for_worker_nodes(self, n: int, timeout: float = 90, exact: bool = True) -> float:
+        """Wait until ``n`` worker nodes are alive (``exact=False``: at least ``n``); returns the seconds it took."""
+        t0 = time.time()
+        while True:
+            have = self.alive_worker_nodes()
+            if have == n or (not exact and have >= n):
+                return time.time() - t0
+            if time.time() - t0 > timeout:
+                raise TimeoutError(f"{have} worker nodes alive after {timeout:g} s, wanted {n}; {self.logs_hint()}")
+            time.sleep(0.25)
+
+    def raylet_pids(self) -> dict[str, int]:
+        """Node id (hex) -> raylet PID, for this cluster's raylets."""
+        out = {}
+        for pid in self.pids():
+            args = _cmdline(pid)
+            if not args or not os.path.basename(args[0]).startswith("raylet"):
+                continue
+            for a in args:
+                if a.startswith("--node_id="):
+                    out[a.split("=", 1)[1]] = pid
+        return out
+
+    def kill_worker_raylet(self, node_id: str | None = None) -> str:
+        """SIGKILL the raylet of a live worker node (the first one, or ``node_id``): a spot preemption, the
+        node gone without a word. The node's workers die with it. Returns the node id."""
+        alive = [n["node_id"] for n in self.nodes() if n["alive"] and not n["is_head"]]
+        if node_id is None:
+            if not alive:
+                raise RuntimeError("no live worker node to preempt")
+            node_id = sorted(alive)[0]
+        raylets = self.raylet_pids()
+        if node_id not in raylets:
+            raise RuntimeError(f"no raylet process for node {node_id} (have {sorted(raylets)})")
+        os.kill(raylets[node_id], signal.SIGKILL)
+        return node_id
+
+    def autoscaler_status(self) -> dict:
+        """The autoscaler's last published status (what ``ray status`` prints), or {}."""
+        raw = self.gcs().internal_kv_get(b"__autoscaling_status", None)
+        return json.loads(raw) if raw else {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# reading a curated output folder (Delta Lake table, or the Parquet parts + _manifest layout)
+
+
+def read_keys(out_path) -> list[str]:
+    """Every committed row's key, duplicates included."""
+    out = Path(out_path)
+    if (out / "_delta_log").exists():
+        from deltalake import DeltaTable
+
+        return DeltaTable(str(out)).to_pyarrow_table(columns=["key"]).column("key").to_pylist()
+    keys: list[str] = []
+    for part in sorted(out.glob("part-*.parquet")):  # committed parts; in-flight ones sit in _tmp/
+        keys += pq.read_table(part, columns=["key"]).column("key").to_pylist()
+    return keys
+
+
+def committed_files(out_path) -> int:
+    """How many input files are committed: Delta commits after the table's creation, or manifests."""
+    out = Path(out_path)
+    log = out / "_delta_log"
+    if log.exists():
+        return max(0, len(list(log.glob("*.json"))) - 1)
+    return len(list((out / "_manifest").glob("*.json")))
