@@ -38,3 +38,119 @@ def init_ray(cfg: RayConfig) -> str:
 
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# What the autoscaler could add. Ray 2.60 has no public API for it (ray-project/ray#37838). Two sources:
+#  1. the cluster config in the GCS (`ray._private.state.state.get_cluster_config()`, internal KV
+#     `__autoscaler` / `__autoscaler_cluster_config`), which Ray Data and Ray Train read. In Ray 2.60 no open
+#     source autoscaler writes it (`GcsClient.report_cluster_config` has no caller, ray-project/ray#63012);
+#     platforms that do, and a cluster set up to publish it, are read first.
+#  2. the autoscaler's own config file, when the driver runs on the head node (`ray job submit`, the
+#     launcher's `~/ray_bootstrap_config.yaml`): its process (autoscaler/_private/monitor.py, or v2's
+#     autoscaler/v2/monitor.py) is started with `--autoscaling-config=PATH` and `--gcs-address=`.
+# Neither is visible to a driver off the head, or on KubeRay (the autoscaler is a sidecar container that
+# builds its config from the RayCluster resource): there we know only the GPUs that are up.
+
+
+def _node_types_from_gcs() -> dict[str, dict] | None:
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception as err:  # noqa: BLE001 - an internal API: any failure means "not known"
+        log.debug("no cluster config from the GCS: %s", err)
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return {
+        (g.name or f"group{i}"): {
+            "resources": dict(g.resources),
+            "min_workers": int(g.min_count),
+            "max_workers": int(g.max_count),  # -1: unbounded
+        }
+        for i, g in enumerate(config.node_group_configs)
+    }
+
+
+_MONITOR_SCRIPTS = ("autoscaler/_private/monitor.py", "autoscaler/v2/monitor.py")
+
+
+def _autoscaler_config_path() -> str | None:
+    """`--autoscaling-config` of this cluster's autoscaler, if it runs on this machine (Linux /proc)."""
+    if not os.path.isdir("/proc") or not ray.is_initialized():
+        return None
+    gcs_address = ray.get_runtime_context().gcs_address
+    node = ray._private.worker._global_node
+    session = getattr(node, "session_name", None) if node is not None else None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                args = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if not any(a.endswith(_MONITOR_SCRIPTS) for a in args[:4]):
+            continue
+        opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        ours = opts.get("gcs-address") == gcs_address or (
+            session and f"/{session}/" in opts.get("logs-dir", "") + "/"
+        )
+        if ours and opts.get("autoscaling-config"):
+            path = os.path.expanduser(opts["autoscaling-config"])
+            return path if os.path.isabs(path) else os.path.join(f"/proc/{entry.name}/cwd", path)
+    return None
+
+
+def _node_types_from_config_file(path: str) -> dict[str, dict] | None:
+    import yaml  # a Ray dependency; JSON is YAML too
+
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as err:
+        log.debug("cannot read the autoscaling config %s: %s", path, err)
+        return None
+    types = config.get("available_node_types")
+    if not isinstance(types, dict):
+        return None
+    cluster_max = config.get("max_workers")  # the cluster-wide cap on worker nodes
+    out = {}
+    for name, t in types.items():
+        t = t or {}
+        max_workers = t.get("max_workers", cluster_max if cluster_max is not None else -1)
+        if cluster_max is not None and max_workers != -1:
+            max_workers = min(max_workers, cluster_max)
+        out[name] = {
+            "resources": dict(t.get("resources") or {}),
+            "min_workers": int(t.get("min_workers") or 0),
+            "max_workers": int(max_workers),
+        }
+    return out
+
+
+def autoscaler_node_types() -> dict[str, dict] | None:
+    """The node types this cluster's autoscaler launches, ``{name: {"resources": {...}, "min_workers": n,
+    "max_workers": n}}`` (max -1: unbounded), or None where this driver cannot see them (no autoscaler, a
+    driver off the head node, KubeRay). Needs a connected driver."""
+    types = _node_types_from_gcs()
+    if types is not None:
+        return types
+    path = _autoscaler_config_path()
+    return _node_types_from_config_file(path) if path else None
+
+
+def gpus_available_or_scalable() -> bool:
+    """True if the cluster has GPUs now, or its autoscaler can add a node type that has GPUs (even one at 0
+    workers now). Unlike `cluster_has_gpus`, right on an autoscaling cluster whose GPU nodes are scaled to zero,
+    as far as the autoscaler's node types are visible (see `autoscaler_node_types`)."""
+    if cluster_has_gpus():
+        return True
+    types = autoscaler_node_types()
+    if not types:
+        return False
+    gpu_types = [
+        name for name, t in types.items() if float(t["resources"].get("GPU", 0)) > 0 and t["max_workers"] != 0
+    ]
+    if gpu_types:
+        log.info("no GPU up yet; the autoscaler can add GPU node types %s", gpu_types)
+    return bool(gpu_types)

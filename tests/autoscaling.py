@@ -79,6 +79,7 @@ class FakeAutoscalingCluster:
         head_resources: dict | None = None,
         idle_timeout_minutes: float = 0.1,
         start_timeout_s: float = 60,
+        env: dict | None = None,
     ):
         self.worker_node_types = SCORER_NODE_TYPE if worker_node_types is None else worker_node_types
         self.head_cpus = head_cpus
@@ -86,6 +87,9 @@ class FakeAutoscalingCluster:
         self.head_resources = head_resources or {}
         self.idle_timeout_minutes = idle_timeout_minutes
         self.start_timeout_s = start_timeout_s
+        # Extra environment for every process of the cluster. Worker nodes are launched by the autoscaler
+        # (a child of `ray start`), so the driver's environment never reaches their actors: set it here.
+        self.extra_env = dict(env or {})
         self.tag = uuid.uuid4().hex[:12]
         # Short and ours alone: Ray's Unix sockets live under it (108-byte path limit).
         self.temp_dir = Path(tempfile.mkdtemp(prefix=f"rayfake-{self.tag[:6]}-", dir="/tmp"))
@@ -144,6 +148,7 @@ class FakeAutoscalingCluster:
             "RAY_AUTH_MODE": "disabled",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
+            **self.extra_env,
         }
 
     def start(self) -> FakeAutoscalingCluster:
@@ -162,6 +167,7 @@ class FakeAutoscalingCluster:
             "--include-dashboard=false",
             "--disable-usage-stats",
             # Every listening port our own, so that two clusters (two test runs) can share the machine.
+            f"--dashboard-port={free_port()}",  # a minimal dashboard (job API) starts even so
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}",
@@ -187,10 +193,12 @@ class FakeAutoscalingCluster:
         """Until the autoscaler (monitor) has published its first status: it is then reading load."""
         t0 = time.time()
         while time.time() - t0 < self.start_timeout_s:
-            if self.gcs().internal_kv_get(b"__autoscaling_status", None):
+            if "autoscaler_report" in self.autoscaler_status():
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"the autoscaler published no status in {self.start_timeout_s:g} s; {self.logs_hint()}")
+        raise TimeoutError(
+            f"the autoscaler published no status in {self.start_timeout_s:g} s; {self.logs_hint()}"
+        )
 
     def shutdown(self) -> None:
         """SIGTERM, then SIGKILL, every process of this cluster (and only those); then remove its files."""
@@ -267,7 +275,9 @@ class FakeAutoscalingCluster:
             if have == n or (not exact and have >= n):
                 return time.time() - t0
             if time.time() - t0 > timeout:
-                raise TimeoutError(f"{have} worker nodes alive after {timeout:g} s, wanted {n}; {self.logs_hint()}")
+                raise TimeoutError(
+                    f"{have} worker nodes alive after {timeout:g} s, wanted {n}; {self.logs_hint()}"
+                )
             time.sleep(0.25)
 
     def raylet_pids(self) -> dict[str, int]:

@@ -12,11 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from inputs import img2dataset_parquet
-
-from datajuicer_ray.io.curated import list_parts
+from tables import committed_inputs, read_keys
 
 FILES, ROWS = 10, 12
 DELAY_S = "0.6"  # per scorer batch: slow enough to be killed mid-run, fast enough for CI
@@ -72,17 +70,15 @@ def overrides(inp: Path, out: Path) -> list[str]:
 
 
 def assert_exactly_once(out: Path, keys: set[str]) -> None:
-    keys_out = []
-    for part in list_parts(str(out)):
-        keys_out += pq.read_table(part, columns=["key"]).column("key").to_pylist()
+    keys_out = read_keys(out)
     assert len(keys_out) == len(set(keys_out)), "a row was written twice"
     assert set(keys_out) == keys, f"missing: {sorted(keys - set(keys_out))[:5]}"
-    assert len(list((out / "_manifest").glob("*.json"))) == FILES
+    assert committed_inputs(out) == FILES
 
 
-def wait_for_manifests(out: Path, n: int, timeout: float = 120) -> None:
+def wait_for_commits(out: Path, n: int, timeout: float = 120) -> None:
     t0 = time.time()
-    while len(list((out / "_manifest").glob("*.json"))) < n:
+    while not (out / "_delta_log").exists() or committed_inputs(out) < n:
         assert time.time() - t0 < timeout, "the run made no progress"
         time.sleep(0.2)
 
@@ -111,7 +107,7 @@ def test_worker_node_removed_mid_run(cluster, corpus, tmp_path):
     ray.init(address=cluster.address, log_to_driver=False) if not ray.is_initialized() else None
     out = tmp_path / "out"
     thread, result = run_in_thread(overrides(corpus[0], out))
-    wait_for_manifests(out, 2)
+    wait_for_commits(out, 2)
     cluster.remove_node(workers[0], allow_graceful=False)
     thread.join(timeout=300)
     assert "error" not in result, result.get("error")
@@ -141,13 +137,12 @@ def test_scorer_actor_killed_mid_run(cluster, corpus, tmp_path):
         ray.init(address=cluster.address, log_to_driver=False)
     out = tmp_path / "out"
     thread, result = run_in_thread(overrides(corpus[0], out))
-    wait_for_manifests(out, 2)
+    wait_for_commits(out, 2)
     pids = scorer_pids()
     assert pids, "no scorer actor process found"
     os.kill(pids[0], signal.SIGKILL)  # a crash, not a polite exit
     thread.join(timeout=300)
     assert "error" not in result, result.get("error")
-    assert len(list((out / "_manifest").glob("*.json"))) == FILES
     assert_exactly_once(out, corpus[1])
 
 
@@ -162,12 +157,12 @@ def test_driver_killed_mid_run_then_rerun(cluster, corpus, tmp_path):
     cmd = [sys.executable, "-m", "datajuicer_ray.cli", "curate", str(config), *overrides(corpus[0], out)]
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_manifests(out, 2)
+    wait_for_commits(out, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    finished_before = len(list((out / "_manifest").glob("*.json")))
+    finished_before = committed_inputs(out)
     assert finished_before < FILES, "the driver finished before it could be killed"
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"resuming: {finished_before} of {FILES} input files already finished" in rerun.stdout
+    assert f"resuming: {finished_before} of {FILES} input files already committed" in rerun.stdout
     assert_exactly_once(out, corpus[1])

@@ -5,24 +5,25 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from inputs import img2dataset_parquet, webdataset_tar
+from tables import latest_run, read_rows
 
 from datajuicer_ray.config import ConfigError, load_curate_config
-from datajuicer_ray.io.curated import list_parts
+from datajuicer_ray.io.curated import data_files
 from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.pipeline import RunConflict, curate
+from datajuicer_ray.vision.geometry import top_k_indices
 
-
-def read_curated(path):
-    return pq.ParquetDataset(list_parts(str(path))).read().to_pylist()
+read_curated = read_rows
 
 
 def test_dry_run_honours_the_contract(curated_dir):
     rows = read_curated(curated_dir)
     summary = json.loads((curated_dir / "_summary.json").read_text())
-    run = json.loads((curated_dir / "_run.json").read_text())
+    run = latest_run(curated_dir)
     assert summary["rows_in"] == summary["rows_out"] == len(rows) >= 24
     assert sum(summary["by_status"].values()) == len(rows)
     assert sum(summary["by_rewrite_status"].values()) == len(rows)
@@ -40,12 +41,20 @@ def test_dry_run_honours_the_contract(curated_dir):
         assert idx == sorted(set(idx)) and idx[0] >= 0 and idx[-1] < g * g
         assert all(o["score"] >= 0.7 for o in r["objects"])
         assert [o["score"] for o in r["objects"]] == sorted((o["score"] for o in r["objects"]), reverse=True)
+        # the stored map is what the indices were chosen from, and kept_mass is their share of it
+        scores = np.asarray(r["patch_scores"], np.float32)
+        assert scores.shape == (g * g,)
+        assert top_k_indices(scores, len(idx)).tolist() == idx
+        assert r["kept_mass"] == pytest.approx(scores[idx].sum() / scores.sum(), rel=1e-5)
     rejected = {r["status"] for r in rows if r["status"] != "ok"}
     assert rejected == {"decode_error", "upstream:failed_to_download"}
     for r in rows:
         if r["status"] != "ok":
             assert r["patch_index"] is None and r["objects"] is None and r["error"] and r["caption"]
-    schema = pq.read_schema(list_parts(str(curated_dir))[0])
+            assert r["patch_scores"] is None and r["kept_mass"] is None
+    assert {r["source_file"] for r in rows} == {str(curated_dir.parent / "input" / "sample.parquet")}
+    assert sorted(r["source_row"] for r in rows) == list(range(len(rows)))
+    schema = pq.read_schema(data_files(str(curated_dir))[0])
     assert schema.remove_metadata().equals(output_schema("jpg"))
 
 
@@ -86,10 +95,10 @@ def test_rerun_resumes_skips_and_refuses_other_configs(ray_local, tmp_path, caps
     for i in range(3):
         img2dataset_parquet(tmp_path / "in" / f"{i:05d}.parquet", 4, start=10 * i)
     first = curate(curate_cfg(tmp_path, tmp_path / "in", "parquet", "input.shard=0/2"))
-    assert first["files_finished"] == 2 and first["rows_out"] == 8
+    assert first["files_committed"] == 2 and first["rows_out"] == 8
     # more of the corpus, same settings: only the new file is processed
     second = curate(curate_cfg(tmp_path, tmp_path / "in"))
-    assert second["files_finished"] == 3 and second["rows_out"] == 12 and second["this_run"]["rows"] == 4
+    assert second["files_committed"] == 3 and second["rows_out"] == 12 and second["this_run"]["rows"] == 4
     # a finished job: nothing to do, said in seconds, Ray not needed
     t0 = time.time()
     capsys.readouterr()
@@ -122,7 +131,7 @@ def test_a_model_that_cannot_load_fails_the_job_at_once(ray_local, tmp_path):
     with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
         curate(curate_cfg(tmp_path / "b", tmp_path / "in", "parquet", f"vision.model={broken}"))
     assert time.time() - t0 < 120  # fails, does not hang
-    assert not list((tmp_path / "b" / "out" / "_manifest").glob("*.json"))
+    assert read_rows(tmp_path / "b" / "out") == []  # nothing committed
 
 
 def test_too_few_cpus_for_the_actor_pools_fails_instead_of_stalling(ray_local, tmp_path):
@@ -160,12 +169,21 @@ def test_rewrite_only_reruns_the_text_branch_without_scoring(curated_dir, tmp_pa
     assert summary["rows_in"] == summary["rows_out"] == len(before) == len(after)
     for key, row in after.items():
         old = before[key]
-        for col in ("jpg", "caption", "patch_grid", "patch_index", "objects", "status", "error"):
+        for col in (
+            "jpg",
+            "caption",
+            "patch_grid",
+            "patch_index",
+            "patch_scores",
+            "objects",
+            "status",
+            "error",
+        ):
             assert row[col] == old[col], col
         assert row["rewrite_status"] != "disabled"
         if old["status"] != "ok":
             assert row["rewrite_status"] == f"skipped:{old['status']}"
-    run = json.loads((out / "_run.json").read_text())
+    run = latest_run(out)
     assert (
         run["models"]["vision_from"] == str(curated_dir)
         and run["models"]["rewriter"]["model"] == "tiny-random"

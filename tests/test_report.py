@@ -7,20 +7,19 @@ scikit-image's photos, rejected rows, several files and row groups); the browser
 from __future__ import annotations
 
 import io
-import json
 import random
 import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from skimage import data as photos
+from tables import write_table
 
-from datajuicer_ray.io.schema import output_schema
+from datajuicer_ray.io.curated import data_files
 from datajuicer_ray.report import groups, inspect, stats
 from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.overlay import DIM, ImageUnreadable, decode_image, keep_mask, overlay, render_views
@@ -91,18 +90,16 @@ def write_curated_like(
     out: Path, files: int = 3, rows_per_file: int = 16, row_group: int = 8, keep_image: bool = True
 ) -> Path:
     """A folder in the curated layout (io/curated.py) with the contract's columns."""
-    out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)
-    schema = output_schema("jpg" if keep_image else None)
     counts: dict[str, int] = {}
     rewrites: dict[str, int] = {}
+    chunks = []
     for f in range(files):
         rows = _rows(rows_per_file, rng, f)
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
             rewrites[r["rewrite_status"]] = rewrites.get(r["rewrite_status"], 0) + 1
-        table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
-        pq.write_table(table, out / f"part-{f:05d}-0.parquet", row_group_size=row_group)
+        chunks.append(rows)
     total = files * rows_per_file
     run = {
         "config": {
@@ -120,9 +117,9 @@ def write_curated_like(
         "by_rewrite_status": rewrites,
         "images_per_s": 12.5,
     }
-    (out / "_run.json").write_text(json.dumps(run))
-    (out / "_summary.json").write_text(json.dumps(summary))
-    return out
+    return write_table(
+        out, chunks, run, summary, image_column="jpg" if keep_image else None, row_group=row_group
+    )
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +214,7 @@ def test_diff_marks_removed_and_added_words_and_escapes():
 
 def test_sampling_is_seeded_reads_few_groups_and_attaches_the_right_images(tmp_path):
     big = write_curated_like(tmp_path / "big", files=12, rows_per_file=24, row_group=4)
-    table = pq.read_table(list(big.glob("part-*.parquet")))
+    table = pq.read_table(data_files(str(big)))
     by_key = dict(zip(table["key"].to_pylist(), table["jpg"].to_pylist(), strict=True))
 
     def draw(seed: int) -> inspect.RowSample:
@@ -246,7 +243,7 @@ def test_plan_caps_the_files_it_opens(tmp_path):
 
 
 def test_stats_count_the_whole_small_folder(folder):
-    table = pq.read_table(list(folder.glob("part-*.parquet")))
+    table = pq.read_table(data_files(str(folder)))
     rows = table.drop_columns(["jpg"]).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     got = stats.collect(groups.plan(str(folder), random.Random(0)), G, seed=0)
@@ -306,6 +303,6 @@ def test_cli_writes_the_file_and_rejects_bad_input(folder, tmp_path, capsys):
     assert main(["inspect", str(folder), "--sample", "6", "--out", str(out)]) == 0
     assert len(_cards(out.read_text())) == 6
     assert main(["inspect", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.html")]) == 2
-    assert "no part-*.parquet files" in capsys.readouterr().err
+    assert "no committed rows" in capsys.readouterr().err
     assert main(["inspect", str(folder), "--sample", "0", "--out", str(tmp_path / "y.html")]) == 2
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()

@@ -8,14 +8,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import skimage.data
 from PIL import Image
+from tables import write_table
 
 from datajuicer_ray.config import ConfigError, load_train_config
-from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.vision.geometry import top_k_indices
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "train" / "dry_run.yaml"
@@ -83,19 +81,14 @@ def _rows(n: int, rng: np.random.Generator) -> list[dict]:
 
 
 def make_curated(path: Path, n: int = 24, seed: int = 0) -> Path:
-    """A folder laid out like `datajuicer-ray curate` output: parts, _run.json with geometry, real JPEGs."""
-    path.mkdir(parents=True, exist_ok=True)
+    """A table laid out like `datajuicer-ray curate` output: two commits, a run record with geometry, real JPEGs."""
     rows = _rows(n, np.random.default_rng(seed))
-    schema = output_schema("jpg")
     half = len(rows) // 2
-    for part, chunk in enumerate((rows[:half], rows[half:])):
-        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), path / f"part-{part:05d}-0.parquet")
     run = {
         "config": {"input": {"columns": {"image": "jpg"}}, "output": {"keep_image": True}},
         "geometry": {"S": 224, "P": 16, "G": 14},
     }
-    (path / "_run.json").write_text(json.dumps(run))
-    return path
+    return write_table(path, [rows[:half], rows[half:]], run)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +136,7 @@ def test_geometry_mismatch_is_a_config_error(ray_local, curated_like):
 def test_not_a_curated_folder_is_a_config_error(tmp_path):
     from datajuicer_ray.train.data import open_source
 
-    with pytest.raises(ConfigError, match="no part-"):
+    with pytest.raises(ConfigError, match="no committed rows"):
         open_source(str(tmp_path))
 
 

@@ -143,10 +143,10 @@ def build_report(output_dir: str, sample: int = 48, seed: int = 0, max_stat_rows
     if sample < 1:
         raise ValueError(f"--sample must be at least 1, got {sample}")
     rng = random.Random(seed)
+    group_plan = plan(output_dir, rng)  # first: "not a curated table" is the error to give
     run_info, summary = read_run_info(output_dir), read_summary(output_dir)
     geo = geometry(output_dir)
     image_col = image_column(output_dir)
-    group_plan = plan(output_dir, rng)
     drawn = sample_rows(group_plan, sample, rng, image_col)
     images_kept = bool(image_col and image_col in group_plan.columns)
     cards = [make_card(r, geo["S"], geo["G"], images_kept) for r in drawn.rows]

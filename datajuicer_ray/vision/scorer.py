@@ -184,7 +184,7 @@ class PatchScorer:
         logging.shutdown()
         os._exit(1)
 
-    def _drill(self, keys: list[str]) -> set[int]:
+    def _drill(self, batch: pa.Table) -> set[int]:
         if self.drill_delay_s:
             time.sleep(self.drill_delay_s)
         marker = self.drill_device_fault
@@ -194,12 +194,13 @@ class PatchScorer:
             self._restart(RuntimeError("CUDA error: an illegal memory access was encountered (drill)"))
         if not self.drill_fail_keys:
             return set()
+        keys = batch.column("key").to_pylist()
         return {i for i, k in enumerate(keys) if self.drill_fail_keys in str(k)}
 
     # -- the stage ------------------------------------------------------------------------
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        drill_failed = self._drill(batch.column("key").to_pylist())
+        drill_failed = self._drill(batch)
         n = batch.num_rows
         status = batch.column("status").to_pylist()
         error = batch.column("error").to_pylist()
