@@ -26,11 +26,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config, e.g. conf/train/dry_run.yaml")
     t.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. data.path=out/dry_run")
 
-    i = sub.add_parser("inspect", help="build a self-contained HTML report of a curated folder")
-    i.add_argument("output_dir", help="a curated folder")
+    i = sub.add_parser("inspect", help="build a self-contained HTML report of a curated table")
+    i.add_argument("output_dir", help="a curated table")
     i.add_argument("--sample", type=int, default=48, help="rows to show")
     i.add_argument("--out", default="report.html", help="HTML file to write")
     i.add_argument("--seed", type=int, default=0)
+
+    v = sub.add_parser(
+        "vacuum", help="delete data files no commit references (killed or lost runs), older than a retention"
+    )
+    v.add_argument("output_dir", help="a curated table")
+    v.add_argument(
+        "--retention-hours",
+        type=float,
+        default=24.0,
+        help="spare files younger than this: a run still going may commit them (default 24)",
+    )
+    v.add_argument("--dry-run", action="store_true", help="list what would be deleted")
 
     s = sub.add_parser("submit", help="submit curate or train as a Ray job to a running cluster")
     s.add_argument("job", choices=["curate", "train"])
@@ -58,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             from datajuicer_ray.report.inspect import inspect_from_cli
 
             return inspect_from_cli(args.output_dir, sample=args.sample, out=args.out, seed=args.seed)
+        if args.command == "vacuum":
+            return vacuum_from_cli(args.output_dir, args.retention_hours, args.dry_run)
         if args.command == "submit":
             from datajuicer_ray.submit import submit_from_cli
 
@@ -66,6 +80,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def vacuum_from_cli(output_dir: str, retention_hours: float, dry_run: bool) -> int:
+    from datajuicer_ray.io.table import OutputTable
+
+    try:
+        files = OutputTable(output_dir).vacuum(retention_hours, dry_run=dry_run)
+    except FileNotFoundError as err:
+        print(f"vacuum: {err}", file=sys.stderr)
+        return 2
+    verb = "would delete" if dry_run else "deleted"
+    print(f"vacuum: {verb} {len(files)} files older than {retention_hours:g} h in {output_dir}")
+    for f in files[:20]:
+        print(f"  {f}")
+    return 0
 
 
 if __name__ == "__main__":

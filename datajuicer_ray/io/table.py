@@ -219,8 +219,12 @@ class OutputTable:
         orphans for ``vacuum``); a concurrent commit of the same marker makes the retry skip it."""
         pending = list(inputs)
         for _ in range(COMMIT_RETRIES):
-            done = self.committed(c.app_id for c in pending)
-            pending = [c for c in pending if done.get(c.app_id, 0) < c.version]
+            # One snapshot for the check and the commit: a refresh in between would move the commit's read
+            # version past another driver's commit of the same marker, and Delta's conflict check (which
+            # only looks at commits after the read version) would let both land.
+            dt = self.delta()
+            assert dt is not None, "claim() creates the table before anything is committed"
+            pending = [c for c in pending if (dt.transaction_version(c.app_id) or 0) < c.version]
             if not pending:
                 return []
             actions: list[AddAction | RemoveAction] = []
@@ -239,8 +243,6 @@ class OutputTable:
                     }
                 },
             )
-            dt = self.delta()
-            assert dt is not None, "claim() creates the table before anything is committed"
             try:
                 dt.create_write_transaction(actions, mode="append", schema=schema, commit_properties=props)
             except CommitFailedError:
