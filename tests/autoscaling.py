@@ -12,6 +12,7 @@ a marker in its environment, and shutdown signals exactly those processes, by PI
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -152,10 +154,19 @@ class FakeAutoscalingCluster:
         }
 
     def start(self) -> FakeAutoscalingCluster:
+        """Start the head (and with it the autoscaler); returns once the autoscaler has reported."""
+        atexit.register(self.shutdown)  # an interrupted test run leaves no cluster behind
+        try:
+            self._start()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def _start(self) -> None:
         self.config_path.write_text(json.dumps(self.config(), indent=1))
-        ray_bin = Path(sys.executable).with_name("ray")
         cmd = [
-            str(ray_bin),
+            str(Path(sys.executable).with_name("ray")),
             "start",
             "--head",
             "--node-ip-address=127.0.0.1",
@@ -175,19 +186,16 @@ class FakeAutoscalingCluster:
         ]
         if self.head_resources:
             cmd.append(f"--resources={json.dumps(self.head_resources)}")
-        log = open(self.temp_dir / "ray-start.log", "wb")  # noqa: SIM115 - closed below
-        try:
+        env = {**self.env(), "AUTOSCALER_METRIC_PORT": str(free_port())}  # the autoscaler's Prometheus port
+        log_path = self.temp_dir / "ray-start.log"
+        with open(log_path, "wb") as log:
             proc = subprocess.run(
-                cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, timeout=self.start_timeout_s
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=self.start_timeout_s
             )
-        finally:
-            log.close()
         if proc.returncode != 0:
-            text = (self.temp_dir / "ray-start.log").read_text(errors="replace")[-3000:]
-            self.shutdown()
+            text = log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"ray start --head failed ({proc.returncode}):\n{text}")
         self._wait_for_autoscaler()
-        return self
 
     def _wait_for_autoscaler(self) -> None:
         """Until the autoscaler (monitor) has published its first status: it is then reading load."""
@@ -202,6 +210,7 @@ class FakeAutoscalingCluster:
 
     def shutdown(self) -> None:
         """SIGTERM, then SIGKILL, every process of this cluster (and only those); then remove its files."""
+        atexit.unregister(self.shutdown)
         self._gcs = None
         pids = self.pids()
         for pid in pids:
@@ -310,6 +319,42 @@ class FakeAutoscalingCluster:
         """The autoscaler's last published status (what ``ray status`` prints), or {}."""
         raw = self.gcs().internal_kv_get(b"__autoscaling_status", None)
         return json.loads(raw) if raw else {}
+
+
+class NodeWatch:
+    """Samples the cluster's worker nodes in a thread (every ``period`` s) while a drill runs: when each was
+    first seen alive and first seen dead (``time.time()``), and the most alive at once. A context manager."""
+
+    def __init__(self, cluster: FakeAutoscalingCluster, period: float = 0.5):
+        self.cluster, self.period = cluster, period
+        self.up: dict[str, float] = {}
+        self.dead: dict[str, float] = {}
+        self.max_alive = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # a slow GCS reply: try again next round
+                now, alive = time.time(), 0
+                for n in self.cluster.nodes():
+                    if n["is_head"]:
+                        continue
+                    if n["alive"]:
+                        alive += 1
+                        self.up.setdefault(n["node_id"], now)
+                    else:
+                        self.dead.setdefault(n["node_id"], now)
+                self.max_alive = max(self.max_alive, alive)
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> NodeWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _alive(pid: int) -> bool:

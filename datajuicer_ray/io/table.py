@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -72,7 +73,11 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow's filesystem for a local path or URL, and the path on it (no trailing slash)."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), posixpath.abspath(uri).rstrip("/")
-    fs, path = pafs.FileSystem.from_uri(uri)
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, ValueError):  # a scheme only fsspec knows (hf://, abfs:// via adlfs, ...)
+        fsspec_fs, path = fsspec.core.url_to_fs(uri)
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
     return fs, path.rstrip("/")
 
 

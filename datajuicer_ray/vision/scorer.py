@@ -94,10 +94,10 @@ class PatchScorer:
             self.classifier = load_model(vision.classifier, None, self.device)
         self.max_batch = vision.batch_size
         # Fault drills (tests/test_faults.py, tests/test_transient.py): slow the scorer so a node or actor can
-        # be killed mid-run; fail the rows whose key contains a marker; break the "device" once.
+        # be killed mid-run; and, driven by files in a folder so a test can change them while Ray runs, break
+        # the "device" once or fail the rows whose key contains a marker.
         self.drill_delay_s = float(os.environ.get("DATAJUICER_RAY_SCORER_DELAY_S", "0") or 0)
-        self.drill_fail_keys = os.environ.get("DATAJUICER_RAY_DRILL_SCORE_ERROR_KEYS", "")
-        self.drill_device_fault = os.environ.get("DATAJUICER_RAY_DRILL_DEVICE_FAULT_ONCE", "")
+        self.drill_dir = os.environ.get("DATAJUICER_RAY_DRILL_DIR", "")
 
     # -- tensors ---------------------------------------------------------------------------
 
@@ -187,15 +187,21 @@ class PatchScorer:
     def _drill(self, batch: pa.Table) -> set[int]:
         if self.drill_delay_s:
             time.sleep(self.drill_delay_s)
-        marker = self.drill_device_fault
-        if marker and not os.path.exists(marker):
-            with open(marker, "w") as fh:
-                fh.write(str(os.getpid()))
+        if not self.drill_dir:
+            return set()
+        try:
+            os.remove(os.path.join(self.drill_dir, "device_fault_once"))  # one actor wins the removal
+        except FileNotFoundError:
+            pass
+        else:
             self._restart(RuntimeError("CUDA error: an illegal memory access was encountered (drill)"))
-        if not self.drill_fail_keys:
+        try:
+            with open(os.path.join(self.drill_dir, "score_error_keys")) as fh:
+                marker = fh.read().strip()
+        except FileNotFoundError:
             return set()
         keys = batch.column("key").to_pylist()
-        return {i for i, k in enumerate(keys) if self.drill_fail_keys in str(k)}
+        return {i for i, k in enumerate(keys) if marker and marker in str(k)}
 
     # -- the stage ------------------------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""Transient faults are retried, never recorded as a row's fate: a flaky store, a broken device, a
+retry of the rows a fault did mark, and a job that stops when the cluster, not the data, is broken."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from faultyfs import injected, register, set_budget
+from inputs import img2dataset_parquet
+from tables import read_keys, read_rows
+
+from datajuicer_ray.config import load_curate_config
+from datajuicer_ray.io.table import OutputTable
+from datajuicer_ray.io.writer import write_data_file
+from datajuicer_ray.pipeline import TooManyFailures, curate
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def drills(tmp_path_factory):
+    """A Ray whose workers know the faulty filesystem and read the drill folder."""
+    import ray
+
+    base = tmp_path_factory.mktemp("drills")
+    env = {
+        "DATAJUICER_RAY_TEST_FAULTS": str(base / "faults"),
+        "DATAJUICER_RAY_DRILL_DIR": str(base / "drill"),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    (base / "drill").mkdir()
+    set_budget(base / "faults", 0)
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    register()
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"worker_process_setup_hook": "faultyfs.register"},
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield base
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def corpus(folder: Path, files: int = 3, rows: int = 6) -> set[str]:
+    keys = set()
+    for i in range(files):
+        img2dataset_parquet(folder / f"{i:05d}.parquet", rows, start=100 * i)
+        keys |= {f"{j:09d}" for j in range(100 * i, 100 * i + rows)}
+    return keys
+
+
+def cfg(inp: str, out: Path, *extra: str):
+    return load_curate_config(
+        None,
+        [
+            f"input.path={inp}",
+            f"output.path={out}",
+            "vision.model=tiny-random-dino",
+            "vision.batch_size=4",
+            "vision.num_gpus=0",
+            "input.rows_per_block=3",
+            "ray.progress=false",
+            *extra,
+        ],
+    )
+
+
+def test_a_flaky_store_is_retried_and_no_row_is_marked(drills, tmp_path):
+    keys = corpus(tmp_path / "in")
+    # enough failures that reads in the workers hit some, after planning (which tolerates them) took its share
+    set_budget(drills / "faults", 3 + 4)
+    summary = curate(cfg(f"faulty://{tmp_path / 'in'}", tmp_path / "out"))
+    assert injected(drills / "faults") == 7
+    assert summary["by_status"] == {"ok": len(keys)}, summary["by_status"]
+    out_keys = read_keys(tmp_path / "out")
+    assert sorted(out_keys) == sorted(keys)
+
+
+def test_data_file_writes_retry_then_give_up(drills, tmp_path):
+    table = pa.table({"x": [1, 2, 3]})
+    set_budget(drills / "faults", 2)
+    size = write_data_file(f"faulty://{tmp_path}", "part-a.parquet", table)
+    assert size == (tmp_path / "part-a.parquet").stat().st_size and injected(drills / "faults") == 2
+    set_budget(drills / "faults", 100)  # a store that stays down: the error goes up, nothing is recorded
+    with pytest.raises(ConnectionResetError):
+        write_data_file(f"faulty://{tmp_path}", "part-b.parquet", table)
+    set_budget(drills / "faults", 0)
+
+
+def test_retry_failed_replaces_the_marked_rows_exactly_once(drills, tmp_path):
+    keys = corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    (drills / "drill" / "score_error_keys").write_text("3")  # one row of each file: 000000003, 000000103, ...
+    first = curate(cfg(str(tmp_path / "in"), out))
+    assert first["by_status"] == {"ok": len(keys) - 3, "score_error": 3}
+    files_before = len(OutputTable(str(out)).file_uris())
+    (drills / "drill" / "score_error_keys").unlink()  # the fault has passed
+    retried = curate(cfg(str(tmp_path / "in"), out, "output.retry_failed=true"))
+    assert retried["by_status"] == {"ok": len(keys)}
+    assert retried["rows_in"] == retried["rows_out"] == len(keys)
+    out_keys = read_keys(out)
+    assert sorted(out_keys) == sorted(keys)  # replaced, not appended
+    assert len(OutputTable(str(out)).file_uris()) == files_before  # the old data files left the table
+    # the markers moved to version 2: a second retry, or a plain resume, has nothing to do
+    again = curate(cfg(str(tmp_path / "in"), out, "output.retry_failed=true"))
+    assert again["rows_out"] == len(keys) and again["this_run"]["rows"] == 0
+    assert curate(cfg(str(tmp_path / "in"), out))["this_run"]["rows"] == 0
+
+
+def test_a_broken_device_restarts_the_actor_instead_of_failing_rows(drills, tmp_path):
+    keys = corpus(tmp_path / "in", files=2)
+    trigger = drills / "drill" / "device_fault_once"
+    trigger.write_text("")
+    summary = curate(cfg(str(tmp_path / "in"), tmp_path / "out"))
+    assert not trigger.exists(), "the drill never fired"
+    assert summary["by_status"] == {"ok": len(keys)}
+    assert sorted(r["key"] for r in read_rows(tmp_path / "out", ["key"])) == sorted(keys)
+
+
+def test_a_job_whose_rows_mostly_fail_for_a_system_reason_stops(drills, tmp_path):
+    corpus(tmp_path / "in", files=4)
+    (drills / "drill" / "score_error_keys").write_text("0")  # every key
+    try:
+        with pytest.raises(TooManyFailures, match=r"of the last \d+ rows failed for a system reason"):
+            curate(cfg(str(tmp_path / "in"), tmp_path / "out", "output.failure_window=6"))
+    finally:
+        (drills / "drill" / "score_error_keys").unlink()
