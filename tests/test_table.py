@@ -230,3 +230,42 @@ def test_overwrite_replaces_in_one_commit_and_vacuum_spares_young_files(ray_loca
     gone = table.vacuum(retention_hours=0, dry_run=False)
     assert orphan.name in gone and not orphan.exists()
     assert len(read_rows(out)) == 10
+
+
+def test_rows_that_arrive_twice_are_committed_once(tmp_path):
+    """A task retried after its first output was seen sends some rows again, batched differently."""
+    from datajuicer_ray.io import schema as s
+    from datajuicer_ray.io.reader import LAST_COL, InputFile
+    from datajuicer_ray.io.writer import Committer, DataFileWriter
+
+    out = str(tmp_path / "t")
+    table = OutputTable(out)
+    gen = table.claim("fp", output_schema(None), overwrite=False)
+    f = InputFile("/data/00000.parquet", "f0", "parquet")
+    writer = DataFileWriter(out, None, "run-x", {"f0": f.path})
+
+    def rows(lo: int, hi: int, last: bool) -> pa.Table:
+        b = _batch("f0", hi - lo)
+        b = b.set_column(b.schema.get_field_index(s.ROW_COL), s.ROW_COL, pa.array(range(lo, hi), pa.int64()))
+        b = b.set_column(b.schema.get_field_index("key"), "key", pa.array([f"k{i}" for i in range(lo, hi)]))
+        b = b.append_column(s.SOURCE_COL, pa.array(["f0"] * (hi - lo)))
+        return b.append_column(LAST_COL, pa.array([last and i == hi - 1 for i in range(lo, hi)]))
+
+    committer = Committer(table, [f], {"f0": 10}, gen, "fp", "run-x", output_schema(None))
+    metas = [
+        writer(rows(0, 4, False)),
+        writer(rows(0, 4, False)),
+        writer(rows(2, 7, False)),
+        writer(rows(7, 10, True)),
+    ]
+    done = [committer.add(m.to_pylist()[0]) for m in metas]
+    assert done == [False, False, False, True]
+    committer.flush()
+    committer.finish()
+    got = read_rows(out, ["key", "source_row"])
+    assert sorted(r["source_row"] for r in got) == list(range(10))
+    # the duplicate and the partly duplicate file were never committed, and are gone from the folder
+    on_disk = {p.name for p in (tmp_path / "t").glob("part-*.parquet")}
+    assert on_disk == {Path(u).name for u in table.file_uris()}
+    # a late retry of a committed file is ignored, not committed again
+    assert committer.add(writer(rows(7, 10, True)).to_pylist()[0]) is False

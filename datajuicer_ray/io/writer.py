@@ -172,6 +172,7 @@ class Committer:
         self.state: dict[str, _FileState] = {}
         self.ready: list[str] = []
         self.committed: list[str] = []  # input file ids committed by this run
+        self.closed: set[str] = set()  # committed or skipped: their state is dropped, memory stays flat
         self.skipped: list[str] = []  # input file ids another driver committed first
         self.orphans: list[str] = []  # data files this run wrote and will not commit
         self.rows_written = 0
@@ -180,6 +181,9 @@ class Committer:
     def add(self, meta: dict) -> bool:
         """One data file's metadata; True if it completed its input file (ready to commit)."""
         file_id, rows = meta["file_id"], list(meta["rows"])
+        if file_id in self.closed:  # a late retry of a file already committed (or lost to another driver)
+            self.orphans.append(meta["name"])
+            return False
         st = self.state.setdefault(file_id, _FileState())
         dup = st.seen.intersection(rows)
         name, size, stats = meta["name"], meta["size"], meta["stats"]
@@ -237,15 +241,20 @@ class Committer:
                 self.skipped.append(fid)
                 self.orphans += [f.name for f in c.files]
         self.committed += now
+        for fid in commits:
+            self.closed.add(fid)
+            self.state.pop(fid, None)
         return now
 
     def finish(self) -> None:
         """After the stream ended: files that produced no row are empty inputs (committed with no data
         file, so a re-run skips them); a file whose last row never came is a bug or a lost task."""
         for file_id in self.files:
+            if file_id in self.closed:
+                continue
             st = self.state.get(file_id)
             if st is None or not st.seen:
-                if file_id not in self.committed and file_id not in self.ready:
+                if file_id not in self.ready:
                     self.ready.append(file_id)
             elif st.last_row < 0 or len(st.seen) != st.last_row + 1:
                 raise RuntimeError(
