@@ -98,7 +98,6 @@ class FakeAutoscalingCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.config_path = self.temp_dir / "autoscaling.json"
-        self._head_node_id: str | None = None
         self._gcs = None
 
     # ------------------------------------------------------------------------------------------

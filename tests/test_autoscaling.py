@@ -227,6 +227,34 @@ def test_node_types_invisible_without_an_autoscaler(fake_env):
         ray.shutdown()
 
 
+def test_gpu_node_types_from_a_launcher_config(tmp_path, monkeypatch):
+    """The config-file path without a cluster: a launcher's ~/ray_bootstrap_config.yaml (YAML), per-type and
+    cluster-wide max_workers."""
+    from datajuicer_ray import runtime
+
+    def launcher_config(gpu_max: int, cluster_max: int) -> str:
+        path = tmp_path / f"bootstrap-{gpu_max}-{cluster_max}.yaml"
+        path.write_text(
+            f"max_workers: {cluster_max}\n"
+            "head_node_type: head\n"
+            "available_node_types:\n"
+            "  head: {resources: {CPU: 8}, node_config: {}, max_workers: 0}\n"
+            "  cpu: {resources: {CPU: 16}, node_config: {}, min_workers: 1, max_workers: 4}\n"
+            f"  gpu_spot: {{resources: {{CPU: 8, GPU: 1}}, node_config: {{}}, max_workers: {gpu_max}}}\n"
+        )
+        return str(path)
+
+    monkeypatch.setattr(runtime, "cluster_has_gpus", lambda: False)
+    monkeypatch.setattr(runtime, "_node_types_from_gcs", lambda: None)
+    for gpu_max, cluster_max, expected in [(2, 4, True), (0, 4, False), (2, 0, False)]:
+        path = launcher_config(gpu_max, cluster_max)
+        monkeypatch.setattr(runtime, "_autoscaler_config_path", lambda p=path: p)
+        assert runtime.gpus_available_or_scalable() is expected, (gpu_max, cluster_max)
+    monkeypatch.setattr(runtime, "_autoscaler_config_path", lambda: None)
+    assert runtime.autoscaler_node_types() is None
+    assert runtime.gpus_available_or_scalable() is False
+
+
 # ----------------------------------------------------------------------------------------------
 # the curation job on an autoscaling cluster
 
