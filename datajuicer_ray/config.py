@@ -97,7 +97,7 @@ class VisionConfig:
     # Scorer actor pool size; GPUs per actor (0 on a CPU-only cluster).
     min_actors: int = 1
     max_actors: int = 1
-    num_gpus: float = -1.0  # -1: one per actor when the cluster has GPUs at start, else 0
+    num_gpus: float = -1.0  # -1: one per actor when the cluster has GPUs or can add GPU nodes, else 0
     # CPUs per decode task / per scorer actor.
     decode_num_cpus: float = 1.0
     num_cpus: float = 1.0
@@ -181,6 +181,9 @@ class TrainDataConfig:
     val_fraction: float = 0.1
     # Use kept patches only (the point of curation); false trains on all patches (the baseline).
     kept_patches: bool = True
+    # Re-select the kept patches at another ratio from the table's stored score maps (`patch_scores`),
+    # with no new curation: top round(keep_ratio * G * G) of each map. Unset: the table's `patch_index`.
+    keep_ratio: float | None = None
     # Caption column to train on; falls back to `caption` where null.
     caption_column: str = "caption_rewritten"
     hflip: bool = True
@@ -427,6 +430,11 @@ def _validate_train(cfg: TrainConfig) -> None:
     d, t, m = cfg.data, cfg.train, cfg.model
     _require(bool(d.path), "data.path", "must be set (a curated folder)")
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _require(
+        d.keep_ratio is None or 0.0 < d.keep_ratio <= 1.0,
+        "data.keep_ratio",
+        f"{d.keep_ratio} is not in (0, 1]",
+    )
     _require(bool(cfg.run.name), "run.name", "must be set")
     _require(t.steps >= 1, "train.steps", "must be >= 1")
     _require(t.num_workers >= 0, "train.num_workers", "must be >= 0")

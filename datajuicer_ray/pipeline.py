@@ -23,7 +23,7 @@ from datajuicer_ray.io.sample import write_sample
 from datajuicer_ray.io.table import FingerprintConflict, OutputTable, TableConflict, input_app_id, new_run_id
 from datajuicer_ray.provenance import config_difference, run_record
 from datajuicer_ray.report.console import Progress, print_summary
-from datajuicer_ray.runtime import cluster_has_gpus, init_ray
+from datajuicer_ray.runtime import gpus_available_or_scalable, init_ray
 from datajuicer_ray.vision.decode import Decoder
 from datajuicer_ray.vision.scorer import PatchScorer
 
@@ -87,11 +87,14 @@ def _read(batch, input_cfg, image_column):
 
 
 def scorer_resources(cfg: CurateConfig) -> tuple[float, str]:
-    """GPUs per scorer actor: as configured, or (-1, auto) one per actor when the cluster has GPUs now."""
+    """GPUs per scorer actor: as configured, or (-1, auto) one per actor when the cluster has GPUs or its
+    autoscaler can add a node type with GPUs (GPU nodes at 0 workers at start must not mean "score on CPU")."""
     v = cfg.vision
     if v.num_gpus >= 0:
         return v.num_gpus, "config"
-    return (1.0, "auto: cluster has GPUs") if cluster_has_gpus() else (0.0, "auto: no GPU in the cluster")
+    if gpus_available_or_scalable():
+        return 1.0, "auto: the cluster has or can add GPU nodes"
+    return 0.0, "auto: no GPU in the cluster or its node types"
 
 
 def build_dataset(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
+from deltalake import DeltaTable
 from PIL import Image
 from tables import write_table
 
@@ -181,3 +182,42 @@ def test_cli_trains_on_the_dry_run_curation_then_resumes(ray_local, curated_dir,
     assert [s for s, _ in state["position"]["history"]] == [3, 6, 9, 12, 15]
     # AdamW's per-parameter step counts continued too: its moments were restored, not reset.
     assert {float(v["step"]) for v in state["optimizer"]["state"].values()} == {15.0}
+
+
+def test_training_at_another_keep_ratio_uses_the_patches_that_curation_would_keep(ray_local, tmp_path):
+    """A table curated at 0.5 trained at data.keep_ratio=0.3 sees exactly what a 0.3 curation keeps."""
+    from inputs import img2dataset_parquet
+
+    from datajuicer_ray.config import load_curate_config
+    from datajuicer_ray.pipeline import curate
+    from datajuicer_ray.train.job import build_datasets
+
+    img2dataset_parquet(tmp_path / "in" / "00000.parquet", 10)
+    tables = {}
+    for ratio in (0.5, 0.3):
+        out = tmp_path / f"out-{ratio}"
+        curate(
+            load_curate_config(
+                None,
+                [
+                    f"input.path={tmp_path / 'in'}",
+                    f"output.path={out}",
+                    "vision.model=tiny-random-dino",
+                    f"vision.keep_ratio={ratio}",
+                    "ray.progress=false",
+                ],
+            )
+        )
+        tables[ratio] = out
+    fresh = {
+        tuple(r["patch_index"])
+        for r in DeltaTable(str(tables[0.3])).to_pyarrow_table(columns=["patch_index"]).to_pylist()
+    }
+    seen = []
+    for keep_ratio in ("0.3", None):
+        extra = ["data.materialize=false", "data.hflip=false", "data.val_fraction=0"]
+        extra += [f"data.keep_ratio={keep_ratio}"] if keep_ratio else []
+        rows = build_datasets(_cfg(tables[0.5], Path("/unused"), *extra))["train"].take_all()
+        seen.append({tuple(int(i) for i in r["patch_index"] if i >= 0) for r in rows})
+    assert len(seen[0]) == 10 and seen[0] == fresh  # re-selected at 0.3 = curated at 0.3
+    assert {len(k) for k in seen[1]} == {round(0.5 * 196)}  # without the override: the table's own

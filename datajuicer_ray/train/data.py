@@ -25,7 +25,7 @@ from datajuicer_ray.config import ConfigError
 from datajuicer_ray.io import curated
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.vision.decode import canonical_pixels
-from datajuicer_ray.vision.geometry import flip_indices
+from datajuicer_ray.vision.geometry import flip_indices, keep_count, top_k_indices
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,13 @@ class Decode:
         split: str,
         hflip: bool,
         seed: int | None = None,
+        keep_ratio: float | None = None,
     ) -> None:
         self.source, self.model_name = source, model_name
         self.caption_column, self.val_fraction = caption_column, val_fraction
         self.split, self.hflip = split, hflip
+        # data.keep_ratio: choose from the stored score map, exactly as curation would have at that ratio
+        self.keep = None if keep_ratio is None else keep_count(keep_ratio, source.grid)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
@@ -132,13 +135,24 @@ class Decode:
                 log.warning("train data: skipping %s, image does not decode: %s", key, err)
                 continue
             flip = self.hflip and bool(self.rng.random() < 0.5)
-            img, idx = training_view(pixels, np.asarray(cols["patch_index"][i]), g, flip)
+            img, idx = training_view(pixels, self.kept(cols, i), g, flip)
             padded = np.full(g * g, -1, dtype=np.int16)
             padded[: len(idx)] = idx
             images.append(img)
             texts.append(text)
             indices.append(padded)
         return self._arrays(images, texts, indices)
+
+    def kept(self, cols: dict[str, list], i: int) -> np.ndarray:
+        """The row's kept patches: the table's, or re-selected from its score map at data.keep_ratio."""
+        if self.keep is None:
+            return np.asarray(cols["patch_index"][i])
+        scores = cols["patch_scores"][i]
+        if scores is None:
+            raise ConfigError(
+                "data.keep_ratio: the table has no patch_scores (curated before 0.2); re-curate it"
+            )
+        return top_k_indices(np.asarray(scores, dtype=np.float32), self.keep)
 
     def _arrays(self, images: list, texts: list[str], indices: list) -> dict[str, np.ndarray]:
         g, s = self.source.grid, self.source.size
@@ -174,9 +188,11 @@ def build_dataset(
     hflip: bool,
     batch_rows: int = 64,
     materialize: bool = False,
+    keep_ratio: float | None = None,
 ) -> ray.data.Dataset:
     """Training (``split="train"``) or held-out (``"val"``) rows of a curated folder, decoded."""
-    columns = list(dict.fromkeys([*_COLUMNS, caption_column, source.image_column]))
+    scores = ["patch_scores"] if keep_ratio is not None else []
+    columns = list(dict.fromkeys([*_COLUMNS, *scores, caption_column, source.image_column]))
     ds = ray.data.read_parquet(list(source.parts))
     have = set(ds.schema().names)
     missing = [c for c in columns if c not in have]
@@ -191,6 +207,7 @@ def build_dataset(
             val_fraction=val_fraction,
             split=split,
             hflip=hflip and split == "train",
+            keep_ratio=keep_ratio,
         ),
         batch_format="pyarrow",
         batch_size=batch_rows,

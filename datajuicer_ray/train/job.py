@@ -46,6 +46,7 @@ def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
         caption_column=d.caption_column,
         val_fraction=d.val_fraction,
         materialize=d.materialize,
+        keep_ratio=d.keep_ratio,
     )
     datasets = {"train": build_dataset(split="train", hflip=d.hflip, **common)}
     if d.val_fraction > 0:
