@@ -72,6 +72,15 @@ class OutputConfig:
 
 
 @dataclass
+class TextGuidedConfig:
+    # An open_clip model: hf-hub:org/repo, a registered name with weights, a local folder, or the built-in
+    # tiny-random-clip (seeded random weights: mechanics only).
+    model: str = "hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K"
+    # Share of the caption-similarity map in the blended score map (0 = attention only, 1 = similarity only).
+    weight: float = 0.3
+
+
+@dataclass
 class VisionConfig:
     # A hub id, a local directory, or a built-in tiny model (tiny-random, tiny-random-dino,
     # tiny-random-dinov2-registers) made locally with a fixed seed.
@@ -80,6 +89,17 @@ class VisionConfig:
     # A second model with an image-classification head, used to name objects when `model` has none.
     classifier: str | None = None
     keep_ratio: float = 0.5
+    # fixed: keep round(keep_ratio * G*G) patches of every image. mass: keep the fewest top patches whose
+    # share of the image's score map reaches keep_mass, clamped to [min_keep_ratio, max_keep_ratio] of
+    # G*G: more of a busy image, less of a plain one (AdaMerge's idea, offline).
+    retention: str = "fixed"
+    # cls_attention: DINO's last-layer [CLS] attention. text_guided: blended with the similarity of each
+    # patch to the caption under an open_clip model (vision.text_guided), so what the caption names is kept.
+    scorer: str = "cls_attention"
+    text_guided: TextGuidedConfig = field(default_factory=TextGuidedConfig)
+    keep_mass: float = 0.6
+    min_keep_ratio: float = 0.1
+    max_keep_ratio: float = 0.9
     min_confidence: float = 0.7
     max_objects: int = 5
     # S and P of the contract: canonical view side and the patch size of the model that will be trained.
@@ -388,6 +408,16 @@ def _validate_curate(cfg: CurateConfig) -> None:
     )
     _require(bool(v.model), "vision.model", "must be set")
     _require(0.0 < v.keep_ratio <= 1.0, "vision.keep_ratio", f"{v.keep_ratio} is not in (0, 1]")
+    _one_of(v.retention, "vision.retention", ("fixed", "mass"))
+    _one_of(v.scorer, "vision.scorer", ("cls_attention", "text_guided"))
+    _require(0.0 <= v.text_guided.weight <= 1.0, "vision.text_guided.weight", "must be in [0, 1]")
+    _require(bool(v.text_guided.model), "vision.text_guided.model", "must be set")
+    _require(0.0 < v.keep_mass <= 1.0, "vision.keep_mass", f"{v.keep_mass} is not in (0, 1]")
+    _require(
+        0.0 < v.min_keep_ratio <= v.max_keep_ratio <= 1.0,
+        "vision.min_keep_ratio",
+        f"need 0 < min_keep_ratio ({v.min_keep_ratio}) <= max_keep_ratio ({v.max_keep_ratio}) <= 1",
+    )
     _require(0.0 <= v.min_confidence <= 1.0, "vision.min_confidence", f"{v.min_confidence} is not in [0, 1]")
     _require(v.max_objects >= 0, "vision.max_objects", "must be >= 0")
     _require(v.patch_size >= 1, "vision.patch_size", "must be >= 1")

@@ -59,6 +59,16 @@ def models_info(cfg: CurateConfig) -> dict[str, Any]:
         for key in ("scorer", "classifier"):
             if models.get(key) and models[key].get("revision") is None:
                 models[key]["revision"] = local_revision(models[key]["path"])
+        if cfg.vision.scorer == "text_guided":
+            from datajuicer_ray.vision.text_guided import resolve_clip
+
+            name = resolve_clip(cfg.vision.text_guided.model)
+            local = name.removeprefix("local-dir:")
+            models["text_guide"] = {
+                "id": cfg.vision.text_guided.model,
+                "revision": local_revision(local) if local != name else None,
+                "weight": cfg.vision.text_guided.weight,
+            }
     models["rewriter"] = None
     if cfg.rewrite.enabled:
         from datajuicer_ray.text.guard import GUARD_VERSION
@@ -78,6 +88,7 @@ def run_fingerprint(cfg: CurateConfig, models: dict[str, Any]) -> str:
         "package": __version__,
         "scorer": rev(models.get("scorer")),
         "classifier": rev(models.get("classifier")),
+        "text_guide": rev(models.get("text_guide")),
         "vision_from": models.get("vision_from"),
         "rewriter": rev(text) if text else None,
         "prompt": text.get("prompt_hash"),
@@ -102,8 +113,13 @@ def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[s
             "S": s,
             "P": p,
             "G": s // p,
+            "retention": cfg.vision.retention,
             "keep_ratio": cfg.vision.keep_ratio,
-            "keep_count": keep_count(cfg.vision.keep_ratio, s // p),
+            # fixed retention: every row keeps this many; mass retention: each row its own (len(patch_index))
+            "keep_count": keep_count(cfg.vision.keep_ratio, s // p)
+            if cfg.vision.retention == "fixed"
+            else None,
+            "keep_mass": cfg.vision.keep_mass if cfg.vision.retention == "mass" else None,
             "scorer": cfg.vision.model,
             "scorer_image_size": cfg.vision.scorer_image_size or s,
         },

@@ -73,3 +73,19 @@ def test_flip_mirrors_columns_and_is_an_involution():
     # the flipped indices name the same pixels of the flipped image
     img = np.random.RandomState(0).rand(g, g)
     assert np.allclose(np.sort(img.reshape(-1)[idx]), np.sort(img[:, ::-1].reshape(-1)[flipped]))
+
+
+def test_mass_retention_keeps_more_of_a_flat_map_than_of_a_peaked_one():
+    from datajuicer_ray.vision.geometry import mass_keep_count
+
+    flat = np.ones((14, 14))
+    peaked = np.full((14, 14), 0.01)
+    peaked[5:8, 5:8] = 10.0  # nine cells hold ~98% of the mass
+    assert mass_keep_count(flat, 0.6, 20, 176) == round(0.6 * 196)
+    assert mass_keep_count(peaked, 0.6, 1, 196) <= 9
+    assert mass_keep_count(peaked, 0.6, 20, 176) == 20  # clamped from below
+    assert mass_keep_count(flat, 0.99, 20, 176) == 176  # and from above
+    k = mass_keep_count(peaked, 0.6, 1, 196)
+    kept = top_k_indices(peaked, k)
+    assert peaked.reshape(-1)[kept].sum() / peaked.sum() >= 0.6
+    assert peaked.reshape(-1)[top_k_indices(peaked, k - 1)].sum() / peaked.sum() < 0.6  # the fewest

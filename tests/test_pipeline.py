@@ -188,3 +188,41 @@ def test_rewrite_only_reruns_the_text_branch_without_scoring(curated_dir, tmp_pa
         run["models"]["vision_from"] == str(curated_dir)
         and run["models"]["rewriter"]["model"] == "tiny-random"
     )
+
+
+def test_mass_retention_keeps_a_count_per_image_inside_the_clamp(ray_local, tmp_path):
+    img2dataset_parquet(tmp_path / "in" / "00000.parquet", 8)
+    summary = curate(
+        curate_cfg(
+            tmp_path,
+            tmp_path / "in",
+            "parquet",
+            "vision.retention=mass",
+            "vision.keep_mass=0.6",
+            "vision.min_keep_ratio=0.2",
+            "vision.max_keep_ratio=0.8",
+        )
+    )
+    assert summary["by_status"] == {"ok": 8}
+    for r in read_curated(tmp_path / "out"):
+        scores, idx = np.asarray(r["patch_scores"], np.float32), r["patch_index"]
+        assert round(0.2 * 196) <= len(idx) <= round(0.8 * 196)
+        assert top_k_indices(scores, len(idx)).tolist() == idx  # its own count, chosen from the stored map
+        assert r["kept_mass"] >= 0.6 or len(idx) == round(0.8 * 196)
+        if len(idx) > round(0.2 * 196):  # not clamped from below: one patch fewer would not reach the mass
+            fewer = top_k_indices(scores, len(idx) - 1)
+            assert scores[fewer].sum() / scores.sum() < 0.6
+    assert latest_run(tmp_path / "out")["geometry"]["retention"] == "mass"
+
+
+def test_text_guided_scoring_runs_end_to_end(ray_local, tmp_path):
+    img2dataset_parquet(tmp_path / "in" / "00000.parquet", 6)
+    extra = ("vision.scorer=text_guided", "vision.text_guided.model=tiny-random-clip")
+    summary = curate(curate_cfg(tmp_path, tmp_path / "in", "parquet", *extra))
+    assert summary["by_status"] == {"ok": 6}
+    for r in read_curated(tmp_path / "out"):
+        scores = np.asarray(r["patch_scores"], np.float32)
+        assert scores.sum() == pytest.approx(1.0, rel=1e-4)  # the blend of two maps that each sum to 1
+        assert top_k_indices(scores, len(r["patch_index"])).tolist() == r["patch_index"]
+    run = latest_run(tmp_path / "out")
+    assert run["models"]["text_guide"]["id"] == "tiny-random-clip" and run["models"]["text_guide"]["revision"]

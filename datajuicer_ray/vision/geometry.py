@@ -62,6 +62,20 @@ def keep_count(keep_ratio: float, grid: int) -> int:
     return round(keep_ratio * grid * grid)
 
 
+def mass_keep_count(scores: np.ndarray, keep_mass: float, min_keep: int, max_keep: int) -> int:
+    """The fewest top cells whose share of the map's total reaches ``keep_mass``, clamped to
+    ``[min_keep, max_keep]``. A flat map needs many cells, a peaked one few. Ties are broken as in
+    :func:`top_k_indices`, so ``top_k_indices(scores, mass_keep_count(...))`` is the kept set."""
+    flat = np.asarray(scores, dtype=np.float64).reshape(-1)
+    total = flat.sum()
+    if total <= 0:
+        return max_keep
+    ordered = np.cumsum(flat[np.argsort(-flat, kind="stable")]) / total
+    # The small tolerance keeps float rounding from costing one extra cell at an exact boundary.
+    k = int(np.searchsorted(ordered, keep_mass - 1e-9) + 1)
+    return int(min(max(k, min_keep), max_keep, flat.size))
+
+
 def flip_indices(indices: np.ndarray, grid: int) -> np.ndarray:
     """Indices of the same pixels after a horizontal flip of the canonical view, ascending."""
     idx = np.asarray(indices, dtype=np.int64)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from datajuicer_ray.config import ConfigError, VisionConfig
 from datajuicer_ray.io import schema
-from datajuicer_ray.vision.geometry import resample_scores, top_k_indices
+from datajuicer_ray.vision.geometry import keep_count, mass_keep_count, resample_scores, top_k_indices
 from datajuicer_ray.vision.models import LoadedModel, last_attention, load_model
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,13 @@ class PatchScorer:
         self.size = vision.image_size
         self.scorer_size = vision.scorer_image_size or vision.image_size
         self.grid = vision.image_size // vision.patch_size
-        self.k = round(vision.keep_ratio * self.grid * self.grid)
+        cells = self.grid * self.grid
+        self.k = keep_count(vision.keep_ratio, self.grid)
+        self.mass_clamp = (
+            keep_count(vision.min_keep_ratio, self.grid),
+            keep_count(vision.max_keep_ratio, self.grid),
+        )
+        self.mass_clamp = (max(1, self.mass_clamp[0]), min(cells, self.mass_clamp[1]))
         self.cpu_threads = cpu_threads(vision) if self.device == "cpu" else 0
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
@@ -92,6 +98,11 @@ class PatchScorer:
         self.classifier: LoadedModel | None = None
         if not self.scorer.has_head and vision.classifier:
             self.classifier = load_model(vision.classifier, None, self.device)
+        self.guide = None
+        if vision.scorer == "text_guided":
+            from datajuicer_ray.vision.text_guided import TextGuide
+
+            self.guide = TextGuide(vision.text_guided.model, self.device)
         self.max_batch = vision.batch_size
         # Fault drills (tests/test_faults.py, tests/test_transient.py): slow the scorer so a node or actor can
         # be killed mid-run; and, driven by files in a folder so a test can change them while Ray runs, break
@@ -118,7 +129,9 @@ class PatchScorer:
         with torch.inference_mode(), amp:
             return lm.model(**kwargs)
 
-    def score(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def score(
+        self, views: np.ndarray, captions: list[str | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 views [B, S, S, 3] -> score maps on the target grid [B, G, G] and class probs [B, C]."""
         if self.cpu_threads:
             # Again here: the thread count is per OpenMP thread, and Ray Data calls the stage from another
@@ -135,7 +148,19 @@ class PatchScorer:
             size = int(self.classifier.model.config.image_size)
             logits = self._forward(self.classifier, self._pixels(views, self.classifier, size), size).logits
             probs = logits.float().softmax(-1).cpu().numpy()
-        return resample_scores(maps, self.grid), probs
+        maps = resample_scores(maps, self.grid)
+        if self.guide is not None:
+            from datajuicer_ray.vision.text_guided import blend
+
+            sims = self.guide.similarity(views, captions or [None] * len(views))
+            w = self.cfg.text_guided.weight
+            maps = np.stack(
+                [
+                    blend(m, None if s is None else resample_scores(s, self.grid), w)
+                    for m, s in zip(maps, sims)
+                ]
+            )
+        return maps, probs
 
     def objects(self, probs: np.ndarray) -> list[list[dict]]:
         """Classes with probability >= min_confidence, highest first, at most max_objects."""
@@ -154,11 +179,13 @@ class PatchScorer:
 
     # -- failure handling ------------------------------------------------------------------
 
-    def _score_rows(self, views: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list[dict]] | str]:
+    def _score_rows(
+        self, views: np.ndarray, captions: list[str | None]
+    ) -> list[tuple[np.ndarray, np.ndarray, list[dict]] | str]:
         """Per row: (indices, objects) or an error string. A batch that fails (CUDA OOM or anything
         else) is halved and retried, down to single rows, so one bad row costs only itself."""
         try:
-            maps, probs = self.score(views)
+            maps, probs = self.score(views, captions)
         except Exception as err:  # noqa: BLE001
             if _is_device_fault(err):
                 self._restart(err)
@@ -170,11 +197,19 @@ class PatchScorer:
                 self.max_batch = max(1, len(views) // 2)
                 log.warning("scorer: out of memory at batch %d, retrying at %d", len(views), self.max_batch)
             half = len(views) // 2
-            return self._score_rows(views[:half]) + self._score_rows(views[half:])
+            return self._score_rows(views[:half], captions[:half]) + self._score_rows(
+                views[half:], captions[half:]
+            )
         objects = self.objects(probs) if probs is not None else [[] for _ in range(len(views))]
         # Select from the map as stored (float32), so top-k of `patch_scores` is `patch_index` exactly.
         stored = maps.astype(np.float32).reshape(len(views), -1)
-        return [(top_k_indices(m, self.k), m, o) for m, o in zip(stored, objects)]
+        return [(top_k_indices(m, self.keep_for(m)), m, o) for m, o in zip(stored, objects)]
+
+    def keep_for(self, score_map: np.ndarray) -> int:
+        """How many patches this image keeps: fixed, or by its map's score mass (vision.retention)."""
+        if self.cfg.retention == "mass":
+            return mass_keep_count(score_map, self.cfg.keep_mass, *self.mass_clamp)
+        return self.k
 
     def _restart(self, err: Exception) -> None:
         """A broken device (a sticky CUDA error) fails every later row too: stamping `score_error` on them
@@ -211,6 +246,7 @@ class PatchScorer:
         status = batch.column("status").to_pylist()
         error = batch.column("error").to_pylist()
         pixels = batch.column(schema.PIXELS_COL).to_pylist()
+        captions = batch.column("caption").to_pylist() if self.guide is not None else [None] * n
         for i in drill_failed:
             if status[i] == schema.OK:
                 status[i], error[i] = schema.SCORE_ERROR, "RuntimeError: injected by a fault drill"
@@ -224,7 +260,7 @@ class PatchScorer:
         for start in range(0, len(todo), self.max_batch):
             rows = todo[start : start + self.max_batch]
             views = np.stack([np.frombuffer(pixels[i], np.uint8).reshape(s, s, 3) for i in rows])
-            for i, res in zip(rows, self._score_rows(views)):
+            for i, res in zip(rows, self._score_rows(views, [captions[i] for i in rows])):
                 if isinstance(res, str):
                     status[i], error[i] = schema.SCORE_ERROR, res
                 else:
