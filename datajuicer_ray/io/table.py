@@ -312,37 +312,34 @@ class OutputTable:
         return self.read_json(names[-1]) if names else {}
 
     def summary(self) -> dict[str, Any]:
-        """Counts over every committed row: rows out and by status from the data, rows in from the commits."""
+        """Counts over every committed row, streamed batch by batch (memory stays flat at any size).
+
+        ``rows_in`` is what the input files held: for each source file, its highest row number + 1 (a file is
+        only committed once every row before its last is in, so a gap would show as rows_in > rows_out).
+        """
         dt = self.delta()
         if dt is None:
             return {}
-        table = self.dataset().to_table(columns=["status", "rewrite_status"])
-        by_status = _counts(table.column("status"))
-        by_rewrite = _counts(table.column("rewrite_status"))
-        inputs = self.committed_inputs()
+        by_status: Counter = Counter()
+        by_rewrite: Counter = Counter()
+        last_row: dict[str, int] = {}
+        rows_out = 0
+        columns = ["status", "rewrite_status", "source_file", "source_row"]
+        for batch in self.dataset().to_batches(columns=columns, batch_size=65536):
+            t = pa.Table.from_batches([batch])
+            rows_out += t.num_rows
+            by_status.update(_counts(t.column("status")))
+            by_rewrite.update(_counts(t.column("rewrite_status")))
+            for g in t.group_by("source_file").aggregate([("source_row", "max")]).to_pylist():
+                last_row[g["source_file"]] = max(last_row.get(g["source_file"], -1), g["source_row_max"])
         return {
-            "rows_in": sum(inputs.values()),
-            "rows_out": table.num_rows,
-            "by_status": by_status,
-            "by_rewrite_status": by_rewrite,
-            "files_committed": len(inputs),
+            "rows_in": sum(r + 1 for r in last_row.values()),
+            "rows_out": rows_out,
+            "by_status": dict(sorted(by_status.items())),
+            "by_rewrite_status": dict(sorted(by_rewrite.items())),
+            "files_committed": len(last_row),
             "table_version": dt.version(),
         }
-
-    def committed_inputs(self) -> dict[str, int]:
-        """Input URI -> rows read, over the commits of the current generation (the latest commit of a
-        file wins: a retry_failed replacement recounts it)."""
-        dt = self.delta()
-        if dt is None:
-            return {}
-        rows: dict[str, int] = {}
-        for entry in reversed(dt.history()):  # oldest first
-            meta = entry.get("datajuicer_ray") or {}
-            if "generation" in meta:
-                rows = {}  # an overwrite: what came before is gone
-            for item in meta.get("inputs", []):
-                rows[item["uri"]] = item["rows_in"]
-        return rows
 
     def vacuum(self, retention_hours: float, dry_run: bool) -> list[str]:
         """Delete data files no commit references (a killed driver's, a lost race's) older than the
