@@ -115,11 +115,13 @@ def test_variable_lengths_do_not_leak_between_batch_mates(images, pool_type):
     for b, r in enumerate(rows):
         padded[b, : len(r)] = torch.from_numpy(r)
     with torch.no_grad():
-        together = encode_image_kept(model, images, padded)
+        together = encode_image_kept(model, images, padded, buckets=1)  # one call, padded to 196
+        bucketed = encode_image_kept(model, images, padded, buckets=2)  # sorted by length, two calls
         alone = torch.cat(
             [encode_image_kept(model, images[b : b + 1], padded[b : b + 1, : lengths[b]]) for b in range(4)]
         )
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(bucketed, alone, atol=1e-5, rtol=0)  # same features, same order
 
 
 def test_padding_positions_and_mask():

@@ -105,11 +105,30 @@ def _pool(visual: nn.Module, x: torch.Tensor, pad: torch.Tensor | None) -> torch
 
 
 def encode_image_kept(
-    model: nn.Module, images: torch.Tensor, patch_index: torch.Tensor | None, normalize: bool = True
+    model: nn.Module,
+    images: torch.Tensor,
+    patch_index: torch.Tensor | None,
+    normalize: bool = True,
+    buckets: int = 4,
 ) -> torch.Tensor:
-    """Image features from the kept patches only; ``patch_index=None`` runs the stock full-image forward."""
+    """Image features from the kept patches only; ``patch_index=None`` runs the stock full-image forward.
+
+    Rows of different lengths (adaptive retention) are sorted by length and encoded in up to ``buckets``
+    groups, each padded only to its own longest row: padding the whole batch to its longest row would spend
+    the longest row's compute on every image. Rows are independent in the image tower, so the features are
+    the same as one padded call (tested); they come back in the batch's order for the loss.
+    """
     if patch_index is None:
         return model.encode_image(images, normalize=normalize)
+    lengths = (patch_index >= 0).sum(dim=1)
+    if buckets > 1 and bool((lengths != lengths[0]).any()):
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for chunk in torch.tensor_split(order, min(buckets, len(order))):
+            longest = int(lengths[chunk].max())
+            parts.append(encode_image_kept(model, images[chunk], patch_index[chunk, :longest], normalize, 1))
+        out = torch.cat(parts)
+        return out[torch.argsort(order)]
     visual = model.visual
     kept = install(model)
     token_index, pad = token_positions(patch_index.to(images.device))
