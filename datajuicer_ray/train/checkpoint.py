@@ -47,7 +47,9 @@ def save(
 
 def load_state(checkpoint: Checkpoint) -> dict:
     with checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is data (tensors, numbers, strings); unpickling arbitrary objects from a
+        # shared storage_path would run whatever code someone put there.
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
 
 
 def restore(state: dict, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> Position:
