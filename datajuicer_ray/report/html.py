@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from datajuicer_ray.report import plots
 from datajuicer_ray.report.assets import CSS, JS
 from datajuicer_ray.report.groups import GroupPlan
@@ -57,12 +59,30 @@ def _kpis(r: Report) -> str:
         ("rejected", rejected),
         ("rewritten", rewritten),
         ("images / s", s.get("images_per_s", "?")),
-        ("keep ratio", cfg.get("vision", {}).get("keep_ratio", "?")),
+        _retention(cfg.get("vision", {})),
+        *_kept_kpis(r.stats, g["G"]),
         ("canonical view", f"S={g['S']} P={g['P']} G={g['G']}"),
     ]
     return "".join(
         f'<div class="kpi"><b>{escape(_fmt(v))}</b><span>{escape(k)}</span></div>' for k, v in items
     )
+
+
+def _retention(vision: dict[str, Any]) -> tuple[str, Any]:
+    """What decided the kept counts: a fixed ratio, or a share of each image's score mass."""
+    if vision.get("retention") == "mass":
+        return ("keep mass", vision.get("keep_mass", "?"))
+    return ("keep ratio", vision.get("keep_ratio", "?"))
+
+
+def _kept_kpis(stats: FolderStats, grid: int) -> list[tuple[str, Any]]:
+    """Medians of the rows the plots cover; absent where no row was scored."""
+    items: list[tuple[str, Any]] = []
+    if stats.kept_per_image.size:
+        items.append(("kept / image (median)", f"{np.median(stats.kept_per_image):.0f}/{grid * grid}"))
+    if stats.kept_mass.size:
+        items.append(("kept_mass (median)", f"{np.median(stats.kept_mass):.2f}"))
+    return items
 
 
 def _coverage(r: Report) -> str:
@@ -78,10 +98,18 @@ def _coverage(r: Report) -> str:
     )
 
 
+def _objects_note(run_info: dict[str, Any]) -> str | None:
+    """Why `objects` is empty in every row, shortened for a plot (_run.json's models.objects.note)."""
+    objects = (run_info.get("models") or {}).get("objects") or {}
+    if objects.get("source") is None and objects.get("note"):
+        return "the scorer has no classification head\nand no vision.classifier: no objects"
+    return None
+
+
 def _plots(r: Report) -> str:
     figures = "".join(
         f'<figure><img src="{uri}" alt="{_attr(caption)}" title="{_attr(caption)}"></figure>'
-        for caption, uri in plots.all_plots(r.stats, r.summary)
+        for caption, uri in plots.all_plots(r.stats, r.summary, _objects_note(r.run_info))
     )
     return f'<p class="note">{escape(_coverage(r))}</p><div class="plots">{figures}</div>'
 

@@ -85,7 +85,9 @@ def objects_per_image(stats: FolderStats) -> str:
     return _png(fig)
 
 
-def top_classes(stats: FolderStats) -> str:
+def top_classes(stats: FolderStats, empty_note: str | None = None) -> str:
+    """The most frequent object labels; ``empty_note`` says why there are none when the run knows (a
+    scorer without a classification head names no objects at all, whatever the confidence)."""
     fig, ax = _figure(f"Top {TOP_CLASSES} object classes")
     items = stats.classes.most_common(TOP_CLASSES)
     if items:
@@ -97,7 +99,7 @@ def top_classes(stats: FolderStats) -> str:
         ax.text(
             0.5,
             0.5,
-            "no object scored vision.min_confidence or more",
+            empty_note or "no object scored vision.min_confidence or more",
             ha="center",
             va="center",
             transform=ax.transAxes,
@@ -147,8 +149,64 @@ def kept_heatmap(stats: FolderStats) -> str:
     return _png(fig)
 
 
-def all_plots(stats: FolderStats, summary: dict) -> list[tuple[str, str]]:
-    """(caption, data URI) pairs. Status counts come from _summary.json (the whole run) where it has them."""
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="#868e96")
+    ax.set_axis_off()
+
+
+def _median_line(ax, values: np.ndarray, fmt: str) -> None:
+    med = float(np.median(values))
+    ax.axvline(med, color=BAD_COLOR, linewidth=1, linestyle="--")
+    ax.text(
+        med,
+        1.0,
+        f" median {fmt.format(med)}",
+        transform=ax.get_xaxis_transform(),
+        fontsize=7,
+        color=BAD_COLOR,
+        va="top",
+    )
+
+
+def kept_per_image(stats: FolderStats) -> str:
+    """How many patches each image kept: one bar under fixed retention, a spread under mass retention."""
+    cells = stats.grid * stats.grid
+    fig, ax = _figure(f"Patches kept per image (of {cells})")
+    counts = stats.kept_per_image
+    if not counts.size:
+        _no_data(ax, "no scored rows")
+        return _png(fig)
+    lo, hi = int(counts.min()), int(counts.max())
+    # Whole-patch bins when the range is narrow; about 30 bins over a wide one. A single value (fixed
+    # retention) gets a visible bar rather than a zero-width one.
+    step = max(1, -(-(hi - lo + 1) // 30))
+    bins = np.arange(lo, hi + step + 1, step) - 0.5
+    ax.hist(counts, bins=bins, color=NEUTRAL)
+    ax.set_xlim(max(0, lo - 0.1 * cells) - 0.5, min(cells, hi + 0.1 * cells) + 0.5)
+    _median_line(ax, counts, "{:.0f}")
+    ax.set_xlabel("patches kept (len(patch_index))", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    return _png(fig)
+
+
+def kept_mass(stats: FolderStats) -> str:
+    """The share of each image's score map its kept patches hold (kept_mass)."""
+    fig, ax = _figure("Score mass held by the kept patches")
+    mass = stats.kept_mass
+    if not mass.size:
+        _no_data(ax, "no kept_mass in these rows\n(curated before the column existed)")
+        return _png(fig)
+    ax.hist(np.clip(mass, 0, 1), bins=np.linspace(0, 1, 41), color=NEUTRAL)
+    ax.set_xlim(0, 1)
+    _median_line(ax, mass, "{:.2f}")
+    ax.set_xlabel("kept_mass (share of the image's patch_scores)", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    return _png(fig)
+
+
+def all_plots(stats: FolderStats, summary: dict, objects_note: str | None = None) -> list[tuple[str, str]]:
+    """(caption, data URI) pairs. Status counts come from _summary.json (the whole run) where it has them;
+    ``objects_note`` is the run record's reason for empty ``objects``, if it gives one."""
     by_status = summary.get("by_status") or stats.by_status
     by_rewrite = summary.get("by_rewrite_status") or stats.by_rewrite_status
     source = "whole run (_summary.json)" if summary.get("by_status") else "rows read"
@@ -156,7 +214,9 @@ def all_plots(stats: FolderStats, summary: dict) -> list[tuple[str, str]]:
         (f"Rows by status, {source}", counts_bar("Rows by status", by_status)),
         (f"Rows by rewrite status, {source}", counts_bar("Rows by rewrite_status", by_rewrite)),
         ("Objects per image", objects_per_image(stats)),
-        ("Top object classes", top_classes(stats)),
+        ("Top object classes", top_classes(stats, objects_note)),
         ("Caption length before and after rewriting", caption_lengths(stats)),
         ("Kept-patch position heat map", kept_heatmap(stats)),
+        ("Patches kept per image", kept_per_image(stats)),
+        ("Score mass held by the kept patches (kept_mass)", kept_mass(stats)),
     ]

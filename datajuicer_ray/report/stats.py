@@ -21,6 +21,7 @@ STAT_COLUMNS = [
     "rewrite_status",
     "patch_grid",
     "patch_index",
+    "kept_mass",
     "objects",
     "caption",
     "caption_rewritten",
@@ -44,12 +45,25 @@ class FolderStats:
     rewritten_words: list[np.ndarray] = field(default_factory=list)
     kept_counts: np.ndarray | None = None  # G*G: how many rows kept each position
     rows_with_patches: int = 0
+    kept_lengths: list[np.ndarray] = field(default_factory=list)  # len(patch_index) of each scored row
+    kept_masses: list[np.ndarray] = field(default_factory=list)  # kept_mass of each scored row that has one
 
     @property
     def kept_share(self) -> np.ndarray:
         """G x G: share of scored rows that kept each position."""
         counts = self.kept_counts if self.kept_counts is not None else np.zeros(self.grid * self.grid)
         return (counts / max(1, self.rows_with_patches)).reshape(self.grid, self.grid)
+
+    @property
+    def kept_per_image(self) -> np.ndarray:
+        """Patches kept by each scored row: one value under fixed retention, a spread under mass."""
+        return np.concatenate(self.kept_lengths) if self.kept_lengths else np.zeros(0, dtype=np.int64)
+
+    @property
+    def kept_mass(self) -> np.ndarray:
+        """Each scored row's share of its score map held by its kept patches (tables older than the
+        column have none)."""
+        return np.concatenate(self.kept_masses) if self.kept_masses else np.zeros(0, dtype=np.float64)
 
     def words(self, which: str) -> np.ndarray:
         parts = self.caption_words if which == "caption" else self.rewritten_words
@@ -99,11 +113,15 @@ def _add(stats: FolderStats, table: pa.Table) -> None:
 
 
 def _add_patches(stats: FolderStats, ok: pa.Table) -> None:
-    index = ok["patch_index"].combine_chunks()
     if "patch_grid" in ok.column_names:
         # Rows on another grid (a folder mixing runs) would land on the wrong cells: count only ours.
-        index = index.filter(pc.fill_null(pc.equal(ok["patch_grid"].combine_chunks(), stats.grid), False))
-    index = index.drop_null()
+        ok = ok.filter(pc.fill_null(pc.equal(ok["patch_grid"], stats.grid), False))
+    ok = ok.filter(pc.is_valid(ok["patch_index"]))
+    index = ok["patch_index"].combine_chunks()
+    stats.kept_lengths.append(pc.list_value_length(index).to_numpy(zero_copy_only=False).astype(np.int64))
+    if "kept_mass" in ok.column_names:
+        mass = ok["kept_mass"].combine_chunks().drop_null()
+        stats.kept_masses.append(mass.to_numpy(zero_copy_only=False).astype(np.float64))
     flat = pc.list_flatten(index).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = flat[(flat >= 0) & (flat < stats.grid * stats.grid)]
     stats.kept_counts += np.bincount(flat, minlength=stats.grid * stats.grid)

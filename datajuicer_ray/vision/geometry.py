@@ -62,15 +62,39 @@ def keep_count(keep_ratio: float, grid: int) -> int:
     return round(keep_ratio * grid * grid)
 
 
-def mass_keep_count(scores: np.ndarray, keep_mass: float, min_keep: int, max_keep: int) -> int:
-    """The fewest top cells whose share of the map's total reaches ``keep_mass``, clamped to
-    ``[min_keep, max_keep]``. A flat map needs many cells, a peaked one few. Ties are broken as in
-    :func:`top_k_indices`, so ``top_k_indices(scores, mass_keep_count(...))`` is the kept set."""
+# Luminance standard deviation (0-1) below which a cell holds no content: JPEG noise and gentle gradients of a
+# plain sky or wall stay under it, any edge or texture is well above it.
+CONTENT_FLOOR = 0.02
+
+
+def patch_content(view: np.ndarray, grid: int, floor: float = CONTENT_FLOOR) -> np.ndarray:
+    """How much there is to see in each cell of a uint8 view [S, S, 3]: its luminance standard deviation
+    above ``floor`` (0 for a flat cell), on the G x G grid."""
+    size = view.shape[0]
+    p = size // grid
+    luma = view.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+    std = luma[: grid * p, : grid * p].reshape(grid, p, grid, p).std(axis=(1, 3))
+    return np.clip(std - floor, 0.0, None)
+
+
+def mass_keep_count(
+    scores: np.ndarray, keep_mass: float, min_keep: int, max_keep: int, content: np.ndarray | None = None
+) -> int:
+    """The fewest top cells (in ``scores``' order) holding ``keep_mass`` of the map, clamped to
+    ``[min_keep, max_keep]``, so ``top_k_indices(scores, count)`` is the kept set.
+
+    With ``content`` (:func:`patch_content`), the mass is the scores weighted by it: attention that falls on
+    flat cells holds nothing to keep. Without it, a featureless image (whose [CLS] attention is near uniform)
+    would keep the most patches of all; with it, a plain image keeps ``min_keep``, one subject on a plain
+    background a few, a scene busy everywhere many.
+    """
     flat = np.asarray(scores, dtype=np.float64).reshape(-1)
-    total = flat.sum()
+    order = np.argsort(-flat, kind="stable")
+    weight = flat if content is None else flat * np.asarray(content, dtype=np.float64).reshape(-1)
+    total = weight.sum()
     if total <= 0:
-        return max_keep
-    ordered = np.cumsum(flat[np.argsort(-flat, kind="stable")]) / total
+        return int(min(max(min_keep, 0), flat.size))
+    ordered = np.cumsum(weight[order]) / total
     # The small tolerance keeps float rounding from costing one extra cell at an exact boundary.
     k = int(np.searchsorted(ordered, keep_mass - 1e-9) + 1)
     return int(min(max(k, min_keep), max_keep, flat.size))

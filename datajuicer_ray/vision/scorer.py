@@ -21,7 +21,13 @@ import torch.nn.functional as F
 
 from datajuicer_ray.config import ConfigError, VisionConfig
 from datajuicer_ray.io import schema
-from datajuicer_ray.vision.geometry import keep_count, mass_keep_count, resample_scores, top_k_indices
+from datajuicer_ray.vision.geometry import (
+    keep_count,
+    mass_keep_count,
+    patch_content,
+    resample_scores,
+    top_k_indices,
+)
 from datajuicer_ray.vision.models import LoadedModel, last_attention, load_model
 
 log = logging.getLogger(__name__)
@@ -203,12 +209,13 @@ class PatchScorer:
         objects = self.objects(probs) if probs is not None else [[] for _ in range(len(views))]
         # Select from the map as stored (float32), so top-k of `patch_scores` is `patch_index` exactly.
         stored = maps.astype(np.float32).reshape(len(views), -1)
-        return [(top_k_indices(m, self.keep_for(m)), m, o) for m, o in zip(stored, objects)]
+        return [(top_k_indices(m, self.keep_for(m, v)), m, o) for m, v, o in zip(stored, views, objects)]
 
-    def keep_for(self, score_map: np.ndarray) -> int:
-        """How many patches this image keeps: fixed, or by its map's score mass (vision.retention)."""
+    def keep_for(self, score_map: np.ndarray, view: np.ndarray | None = None) -> int:
+        """How many patches this image keeps: fixed, or by the score mass on its content (vision.retention)."""
         if self.cfg.retention == "mass":
-            return mass_keep_count(score_map, self.cfg.keep_mass, *self.mass_clamp)
+            content = None if view is None else patch_content(view, self.grid)
+            return mass_keep_count(score_map, self.cfg.keep_mass, *self.mass_clamp, content=content)
         return self.k
 
     def _restart(self, err: Exception) -> None:
