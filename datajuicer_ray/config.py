@@ -31,7 +31,9 @@ class ColumnsConfig:
     """Input column names. Defaults are img2dataset's; LAION (`TEXT`) and DataComp (`text`, `uid`) map here."""
 
     key: str = "key"
-    caption: str = "caption"
+    # null: the input has no caption column (said explicitly, so a misspelt name is never read as "no
+    # captions"); the rewriter then writes captions from the detected objects alone.
+    caption: str | None = "caption"
     image: str = "jpg"
     # img2dataset's per-row download status; rows whose status is not "success" come out rejected.
     status: str = "status"
@@ -397,6 +399,11 @@ def _validate_curate(cfg: CurateConfig) -> None:
     _require(i.rows_per_block >= 1, "input.rows_per_block", "must be >= 1")
     _require(i.sample_rows >= 1, "input.sample_rows", "must be >= 1")
     _require(i.max_files >= 0, "input.max_files", "must be >= 0")
+    _require(
+        i.columns.caption is None or bool(i.columns.caption),
+        "input.columns.caption",
+        "must be a column name, or null for an input without captions",
+    )
     _require(bool(o.path), "output.path", "must be set")
     _one_of(o.mode, "output.mode", ("resume", "overwrite"))
     _require(0.0 < o.max_failure_rate <= 1.0, "output.max_failure_rate", "must be in (0, 1]")

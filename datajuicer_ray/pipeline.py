@@ -16,6 +16,7 @@ from collections import deque
 import pyarrow as pa
 import ray
 
+from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, CurateConfig, load_curate_config
 from datajuicer_ray.io import curated, reader, schema, writer
 from datajuicer_ray.io.reader import FileReader, InputFile
@@ -240,6 +241,7 @@ class FailureRate:
 
 def curate(cfg: CurateConfig) -> dict:
     """Run curation; returns the summary written to ``_summary.json``."""
+    preflight.check_curate(cfg)  # every problem knowable now, at once, before anything is written
     t0 = time.time()
     run_id = new_run_id()
     table = OutputTable(cfg.output.path)

@@ -6,7 +6,8 @@ The command it builds is plain ``ray job submit``, so anything learnt here carri
         -- python jobs/<job>.py CONFIG OVERRIDES...
 
 The config is loaded and validated here first: a typo in a key fails in a second on the laptop, not
-after the upload and a cluster scale-up.
+after the upload and a cluster scale-up. An address nobody answers at is said in one line with the way to
+reach a cluster's dashboard, not in Ray's two chained tracebacks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO, Any
 
+from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, load_curate_config, load_train_config
 
 # The local end of `ray dashboard cluster/aws.yaml` (SSH tunnel) or `kubectl port-forward ... 8265:8265`:
@@ -26,13 +29,15 @@ from datajuicer_ray.config import ConfigError, load_curate_config, load_train_co
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 DEFAULT_RUNTIME_ENV = Path("cluster/runtime_env.yaml")
 JOBS = {"curate": load_curate_config, "train": load_train_config}
+# What `ray job submit` says when nothing answers at the address (ray/dashboard/modules/dashboard_sdk.py).
+UNREACHABLE = "Failed to connect to Ray at address"
 
 
-def validate_job_config(job: str, config: str, overrides: list[str]) -> None:
+def validate_job_config(job: str, config: str, overrides: list[str]) -> Any:
     """Load the config exactly as the job will on the cluster; raises ConfigError on any bad key."""
     if job not in JOBS:
         raise ConfigError(f"job: {job!r} is not one of {', '.join(JOBS)}")
-    JOBS[job](config, list(overrides))
+    return JOBS[job](config, list(overrides))
 
 
 def resolve_address(address: str | None) -> str:
@@ -93,25 +98,53 @@ def submit_from_cli(args: argparse.Namespace) -> int:
     working_dir = Path.cwd()
     overrides = list(args.overrides or [])
     check_travels_with_working_dir(args.config, working_dir, "config")
-    validate_job_config(args.job, args.config, overrides)
+    preflight.check_submit(validate_job_config(args.job, args.config, overrides))
     entry = working_dir / "jobs" / f"{args.job}.py"
     if not entry.is_file():
         raise ConfigError(f"job: {entry} not found; run `datajuicer-ray submit` from the repository root")
     runtime_env = resolve_runtime_env(args.runtime_env, working_dir)
-    argv = build_submit_argv(
-        args.job, args.config, overrides, resolve_address(args.address), runtime_env, bool(args.no_wait)
-    )
+    address = resolve_address(args.address)
+    argv = build_submit_argv(args.job, args.config, overrides, address, runtime_env, bool(args.no_wait))
     if args.dry_print:
         print(shlex.join(argv))
         return 0
-    return _run(argv, working_dir)
+    rc, held = _run(argv, working_dir)
+    if rc and UNREACHABLE in held:
+        raise ConfigError(
+            f"--address: no Ray dashboard answers at {address}; open the tunnel (`ray dashboard "
+            "cluster/aws.yaml`, or `kubectl port-forward svc/<head service> 8265:8265`) or pass --address "
+            "(or set RAY_ADDRESS) to the dashboard's http://HOST:8265"
+        )
+    if rc and held:
+        if getattr(args, "debug", False):
+            sys.stderr.write(held)
+        last = held.strip().splitlines()[-1]
+        print(f"error: ray job submit: {last}; run again with --debug for its traceback", file=sys.stderr)
+    return rc
 
 
-def _run(argv: list[str], working_dir: Path) -> int:
+def _relay_stderr(stream: IO[str]) -> str:
+    """Pass `ray job submit`'s stderr through as it comes, but hold back a traceback (returned)."""
+    held: list[str] = []
+    for line in stream:
+        if held or line.startswith("Traceback (most recent call last)"):
+            held.append(line)
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    return "".join(held)
+
+
+def _run(argv: list[str], working_dir: Path) -> tuple[int, str]:
+    """Run `ray job submit`; its exit code and the traceback it printed, if any."""
     ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
     if not Path(ray_cli).exists():
         raise ConfigError("the `ray` command is not installed here (pip install 'ray[default]==2.60.0')")
     env = dict(os.environ)
     # Our clusters run with token auth; the Ray client only sends its token when the mode says so.
     env.setdefault("RAY_AUTH_MODE", "token")
-    return subprocess.run([ray_cli, *argv[1:]], cwd=working_dir, env=env, check=False).returncode
+    with subprocess.Popen(
+        [ray_cli, *argv[1:]], cwd=working_dir, env=env, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        held = _relay_stderr(proc.stderr)
+        return proc.wait(), held

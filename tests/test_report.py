@@ -258,6 +258,70 @@ def test_stats_count_the_whole_small_folder(folder):
     assert got.words("rewritten").size == sum(r["caption_rewritten"] is not None for r in rows)
 
 
+def _scored_row(key: str, kept: int, mass: float | None, grid: int = G) -> dict:
+    return {
+        "key": key,
+        "caption": "a photo",
+        "rewrite_status": "disabled",
+        "patch_grid": grid,
+        "patch_index": list(range(kept)),
+        "patch_scores": [1.0] * (grid * grid),
+        "kept_mass": mass,
+        "objects": [],
+        "status": "ok",
+    }
+
+
+def test_report_shows_kept_counts_and_kept_mass(tmp_path):
+    """Mass retention: kept counts differ per row; the report plots their spread and that of kept_mass,
+    skipping rejected rows, rows on another grid, and rows without kept_mass (older tables)."""
+    rows = [
+        _scored_row(f"k{i}", kept, mass) for i, (kept, mass) in enumerate([(20, 0.6), (40, 0.61), (90, 0.7)])
+    ]
+    rows.append(_scored_row("old", 98, None))  # curated before kept_mass existed
+    rows.append(_scored_row("other-grid", 10, 0.9, grid=7))
+    rows.append(
+        {
+            "key": "bad",
+            "caption": "x",
+            "rewrite_status": "skipped:decode_error",
+            "status": "decode_error",
+            "error": "broken",
+        }
+    )
+    run = {
+        "config": {"vision": {"retention": "mass", "keep_mass": 0.6}},
+        "geometry": {"S": S, "P": P, "G": G},
+    }
+    folder = write_table(tmp_path / "mass", [rows], run, image_column=None)
+    got = stats.collect(groups.plan(str(folder), random.Random(0)), G, seed=0)
+    assert sorted(got.kept_per_image.tolist()) == [20, 40, 90, 98]
+    assert sorted(got.kept_mass.tolist()) == pytest.approx([0.6, 0.61, 0.7])
+    page = inspect.build_report(str(folder), sample=3)
+    assert 'alt="Patches kept per image"' in page
+    assert 'alt="Score mass held by the kept patches (kept_mass)"' in page
+    assert "<b>65/196</b><span>kept / image (median)</span>" in page
+    assert "<b>0.61</b><span>kept_mass (median)</span>" in page
+    assert "<b>0.6</b><span>keep mass</span>" in page
+
+
+def test_empty_objects_plot_says_why_when_the_run_knows():
+    from datajuicer_ray.report.html import _objects_note
+
+    no_head = {"models": {"objects": {"source": None, "note": "x has no image-classification head ..."}}}
+    assert "no classification head" in _objects_note(no_head)
+    assert _objects_note({"models": {"objects": {"source": "scorer", "note": None}}}) is None
+    assert _objects_note({}) is None
+
+
+def test_report_of_a_fixed_retention_table_without_kept_mass(folder):
+    got = stats.collect(groups.plan(str(folder), random.Random(0)), G, seed=0)
+    assert set(got.kept_per_image.tolist()) == {98} and got.kept_mass.size == 0
+    page = inspect.build_report(str(folder), sample=2)
+    assert "<b>98/196</b><span>kept / image (median)</span>" in page
+    assert "kept_mass (median)" not in page and "<b>0.5</b><span>keep ratio</span>" in page
+
+
 # --- the page ----------------------------------------------------------------------------------------------
 
 
@@ -279,7 +343,7 @@ def test_report_page_is_self_contained_and_shows_what_was_curated(folder):
     assert '<div class="missing">rejected: decode_error</div>' in page
     assert '<div class="error">UnidentifiedImageError: cannot identify</div>' in page
     assert "<ins>close-up photograph showing</ins>" in page
-    assert page.count('<figure><img src="data:image/png;base64,') == 6
+    assert page.count('<figure><img src="data:image/png;base64,') == 8
     assert "Plots from every row of the folder (48 rows)" in page
     assert "tiny-random" in page and "keep_ratio" in page
 

@@ -200,9 +200,11 @@ def _wds_row(sample: dict, cols: ColumnsConfig) -> dict:
         except ValueError:
             meta = {}
     image = next((sample[s] for s in (cols.image, *IMAGE_SUFFIXES) if s in sample), None)
-    caption = next((_as_str(sample[s]) for s in CAPTION_SUFFIXES if s in sample), None)
-    if caption is None:
-        caption = _as_str(meta.get(cols.caption))
+    caption = None
+    if cols.caption is not None:  # null: the input says it has no captions; a stray .txt is not one
+        caption = next((_as_str(sample[s]) for s in CAPTION_SUFFIXES if s in sample), None)
+        if caption is None:
+            caption = _as_str(meta.get(cols.caption))
     return {
         "key": _as_str(meta.get(cols.key)) or sample["__key__"].split("/")[-1],
         "caption": caption,

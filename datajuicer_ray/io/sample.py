@@ -4,6 +4,10 @@ Captions are written the way web alt-text is (misspelt, vague, shouty) so the te
 do. The sample also carries the cases a LAION shard always has: a failed download, truncated bytes, and
 the image formats img2dataset passes through untouched (PNG with alpha, palette GIF, WebP, CMYK JPEG,
 16-bit PNG, EXIF rotation), so one dry run shows every path through the decoder.
+
+The sample is written into a folder of its own: ``input.path`` when it is missing or holds nothing but our
+sample. A folder with other files in it is a user's data (the dry-run config with a real ``input.path``):
+writing a synthetic file there would change their data and mix fake rows into the real ones, so it is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from datajuicer_ray.config import ConfigError
+
+SAMPLE_FILE = "sample.parquet"
+_TMP_FILE = ".sample.parquet.tmp"  # left by a write that was killed: ours too
 
 # (skimage name, caption)
 PHOTOS = [
@@ -103,10 +112,45 @@ def _sixteen_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def _foreign_entries(path: Path) -> list[str]:
+    """What a folder holds besides our sample (a missing folder holds nothing)."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.name not in (SAMPLE_FILE, _TMP_FILE))
+
+
+def folder_problem(folder: object) -> tuple[str, str] | None:
+    """Why the sample must not be written at ``folder`` as (what is wrong, how to fix it); None: it may."""
+    if not isinstance(folder, (str, Path)) or any(ch in str(folder) for ch in "*?["):
+        return (
+            f"input.format=sample writes its sample into one folder of its own, not {folder!r}",
+            "give input.path one new folder, or set input.format=parquet to curate these files",
+        )
+    if "://" in str(folder):
+        return (f"{folder} is not local; the dry run's sample is a local folder", "give a local folder")
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        return (f"{folder} is a file", "give input.format=sample a folder of its own")
+    foreign = _foreign_entries(path)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        return (
+            f"{folder} holds files that are not the dry run's sample ({foreign[0]!r}{more}), and "
+            "input.format=sample would write a synthetic sample.parquet among them",
+            "set input.format=parquet (or webdataset) to curate these files, or give input.path a new folder",
+        )
+    return None
+
+
 def write_sample(folder: str | Path, rows: int = 24) -> Path:
-    """Write ``sample.parquet`` (img2dataset columns) once: every variant, repeated up to ``rows`` rows."""
+    """Write ``sample.parquet`` (img2dataset columns) once: every variant, repeated up to ``rows`` rows.
+
+    Refuses (ConfigError) a folder that holds anything else: nothing outside the output is ever changed."""
+    problem = folder_problem(folder)
+    if problem:
+        raise ConfigError(f"input.path: {problem[0]}; {problem[1]}")
     folder = Path(folder)
-    path = folder / "sample.parquet"
+    path = folder / SAMPLE_FILE
     if path.exists():  # same bytes every time; leaving it alone keeps a resumed dry run's input unchanged
         return path
     base = _variants()
@@ -123,7 +167,7 @@ def write_sample(folder: str | Path, rows: int = 24) -> Path:
         }
     )
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".sample.parquet.tmp"
+    tmp = folder / _TMP_FILE
     pq.write_table(table, tmp)
     tmp.replace(path)
     return path

@@ -46,6 +46,8 @@ def output_schema(image_column: str | None) -> pa.Schema:
         pa.field("caption", pa.string()),
         pa.field("caption_rewritten", pa.string()),
         pa.field("rewrite_status", pa.string(), nullable=False),
+        # What the rewriter wrote when the guard rejected it or it did not parse (evidence); null otherwise.
+        pa.field("rewrite_candidate", pa.string()),
         pa.field("patch_grid", pa.int16()),
         pa.field("patch_index", pa.list_(pa.int16())),
         pa.field("patch_scores", pa.list_(pa.float32())),

@@ -48,6 +48,9 @@ def to_output_table(batch: pa.Table, image_column: str | None, source_uri: str) 
     else:
         cols["caption_rewritten"] = pa.nulls(n, pa.string())
         cols["rewrite_status"] = pa.array([schema.REWRITE_DISABLED] * n, pa.string())
+    cols["rewrite_candidate"] = (
+        batch.column("rewrite_candidate") if "rewrite_candidate" in names else pa.nulls(n, pa.string())
+    )
     out_schema = schema.output_schema(image_column)
     for name in schema.VISION_COLUMNS:
         cols[name] = batch.column(name) if name in names else pa.nulls(n, out_schema.field(name).type)

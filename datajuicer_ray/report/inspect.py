@@ -29,6 +29,7 @@ SAMPLE_COLUMNS = [
     "caption",
     "caption_rewritten",
     "rewrite_status",
+    "rewrite_candidate",
     "patch_grid",
     "patch_index",
     "objects",
@@ -53,6 +54,8 @@ class Card:
     caption_html: str | None
     rewritten_html: str | None
     kept: int | None = None
+    # The rewrite the guard rejected (or that did not parse), diffed against the caption; None otherwise.
+    candidate_html: str | None = None
     view_uri: str | None = None
     overlay_uri: str | None = None
     image_note: str | None = None
@@ -107,11 +110,17 @@ def _attach_images(rows: list[dict], located, starts, groups: list[RowGroup], im
 def make_card(row: dict, size: int, grid: int, images_kept: bool) -> Card:
     objects = [(o["label"], float(o["score"])) for o in (row.get("objects") or [])]
     caption, rewritten = row.get("caption"), row.get("caption_rewritten")
+    candidate = row.get("rewrite_candidate") if rewritten is None else None
+    candidate_html = None
     if caption is not None and rewritten is not None:
         caption_html, rewritten_html = diff_words(caption, rewritten)
+    elif caption is not None and candidate is not None:
+        # Beside the caption, what the model wrote and the guard refused: the diff shows what it changed.
+        (caption_html, candidate_html), rewritten_html = diff_words(caption, candidate), None
     else:
         caption_html = html.escape(caption) if caption is not None else None
         rewritten_html = html.escape(rewritten) if rewritten is not None else None
+        candidate_html = html.escape(candidate) if candidate is not None else None
     patches = row.get("patch_index")
     card = Card(
         key=str(row.get("key")),
@@ -122,6 +131,7 @@ def make_card(row: dict, size: int, grid: int, images_kept: bool) -> Card:
         caption_html=caption_html,
         rewritten_html=rewritten_html,
         kept=len(patches) if patches is not None else None,
+        candidate_html=candidate_html,
     )
     if not images_kept:
         card.image_note = "images not kept in this folder (output.keep_image=false)"
@@ -167,10 +177,14 @@ def build_report(output_dir: str, sample: int = 48, seed: int = 0, max_stat_rows
 
 
 def inspect_from_cli(output_dir: str, sample: int, out: str, seed: int) -> int:
+    from datajuicer_ray import preflight
+
+    # A bad --out (a folder, a place we cannot write) fails now, not after the report is built.
+    preflight.check_inspect(output_dir, out, sample)
     try:
         text = build_report(output_dir, sample=sample, seed=seed)
     except (FileNotFoundError, ValueError) as err:
-        print(f"inspect: {err}", file=sys.stderr)
+        print(f"error: {output_dir}: {err}", file=sys.stderr)
         return 2
     fs, path = fsspec.core.url_to_fs(out)
     parent = os.path.dirname(path)

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, TrainConfig, load_train_config, to_dict
 from datajuicer_ray.runtime import init_ray
 
@@ -86,6 +87,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train; returns the last metrics, the checkpoint path, and whether (and from where) it resumed."""
     from datajuicer_ray.train.data import open_source
 
+    preflight.check_train(cfg)  # a table with no `ok` row, a storage path that is a file: before Ray starts
     check_geometry(cfg, open_source(cfg.data.path))  # a wrong folder fails before Ray starts
     init_ray(cfg.ray)
     trainer = make_trainer(cfg, build_datasets(cfg))

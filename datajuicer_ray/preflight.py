@@ -1,0 +1,447 @@
+"""Preflight: what a command's paths and endpoint must be, checked before Ray starts, all at once.
+
+A user's mistake (a misspelt column, a slice with no file, an output folder inside the input, an endpoint
+that is down) must cost a second and say how to fix it, not start a cluster and fail an hour later, or
+worse, succeed at writing the wrong thing. Each check returns :class:`Problem` s instead of raising, so
+one run reports every problem it can know, one line each (``<key or path>: <what is wrong>; <how to fix
+it>``), and :class:`PreflightError` carries the list (a ConfigError: the CLI exits 2).
+
+The checks read only what they must (the listing, Parquet footers and the first members of tar shards of
+at most ``PROBE_FILES`` files, the Delta log and a curated table's ``status`` column, one tiny request to
+an HTTP endpoint) and never create, change or delete anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import pyarrow.dataset as pads
+
+from datajuicer_ray.config import ColumnsConfig, ConfigError, CurateConfig, RewriteConfig, TrainConfig
+from datajuicer_ray.io import reader, sample
+from datajuicer_ray.io.probe import Probe, kind_by_name, probe_files
+from datajuicer_ray.io.table import RUNS_DIR, SUMMARY_FILE, OutputTable
+
+# Files whose footer / first members are read: enough to catch a wrong column or format in a corpus of
+# any size, in a second or two on object storage (the names of all selected files are checked).
+PROBE_FILES = 256
+ENDPOINT_TIMEOUT_S = 10.0
+GLOB_CHARS = "*?["
+FORMAT_NAMES = {"parquet": "Parquet", "webdataset": "WebDataset"}
+# What a file that is not of the declared format is, in words.
+KIND_NAMES = {"parquet": "a Parquet file", "webdataset": "a tar shard", "compressed": "a compressed file"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # the config key, command-line option or path to change
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}; {self.fix}"
+
+
+class PreflightError(ConfigError):
+    """Every problem the preflight found; its message is one line per problem."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def raise_if_any(problems: list[Problem]) -> None:
+    if problems:
+        raise PreflightError(problems)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def check_curate(cfg: CurateConfig) -> None:
+    raise_if_any(curate_problems(cfg))
+
+
+def check_train(cfg: TrainConfig) -> None:
+    raise_if_any(train_problems(cfg))
+
+
+def check_inspect(table: str, out: str, sample_rows: int) -> None:
+    raise_if_any(inspect_problems(table, out, sample_rows))
+
+
+def check_submit(cfg: CurateConfig | TrainConfig) -> None:
+    """What the laptop can know of a job that runs on the cluster: its paths are the cluster's (and the
+    endpoint the cluster's network's), so only how they relate is checked here; the job's own preflight
+    checks the rest on the cluster, still before its Ray work starts."""
+    raise_if_any(relation_problems(cfg) if isinstance(cfg, CurateConfig) else [])
+
+
+def curate_problems(cfg: CurateConfig) -> list[Problem]:
+    problems = relation_problems(cfg)
+    problems += writable_problems(cfg.output.path, "output.path", "folder")
+    problems += output_table_problems(cfg.output.path)
+    problems += input_problems(cfg)
+    r = cfg.rewrite
+    if r.enabled and r.backend == "http" and r.url:
+        problems += endpoint_problems(r)
+    return problems
+
+
+def train_problems(cfg: TrainConfig) -> list[Problem]:
+    problems = table_problems(cfg.data.path, "data.path", need_ok=True)
+    return problems + writable_problems(cfg.run.storage_path, "run.storage_path", "folder")
+
+
+def inspect_problems(table: str, out: str, sample_rows: int) -> list[Problem]:
+    few = [Problem("--sample", f"{sample_rows} is not a number of rows", "give 1 or more")] * (
+        sample_rows < 1
+    )
+    return few + table_problems(table, table, need_ok=False) + writable_problems(out, "--out", "file")
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def _items(spec: object) -> list[str]:
+    return [str(s) for s in (spec if isinstance(spec, list) else [spec])]
+
+
+def _local(path: str) -> Path | None:
+    """The local path, or None for object storage (s3://, gs://, ...)."""
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    elif "://" in path:
+        return None
+    return Path(os.path.expanduser(path))
+
+
+def _norm(path: str) -> str:
+    """A comparable form: the real absolute path for local ones (symlinks resolved), the URL otherwise."""
+    local = _local(path)
+    if local is not None:
+        return os.path.realpath(local)
+    scheme, rest = path.split("://", 1)
+    return f"{scheme}://{posixpath.normpath(rest)}"
+
+
+def _glob_root(path: str) -> str:
+    """The folder a glob searches under (the path itself when it has no wildcard)."""
+    parts = path.split("/")
+    cut = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), len(parts))
+    return "/".join(parts[:cut]) or ("/" if path.startswith("/") else ".")
+
+
+def _under(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def relation_problems(cfg: CurateConfig) -> list[Problem]:
+    """An output inside its input is read back as new input by every re-run; one holding its input is a
+    folder of someone's data (and `overwrite` would take the input with it)."""
+    out = _norm(cfg.output.path)
+    problems = []
+    for item in _items(cfg.input.path):
+        root = _norm(_glob_root(item))
+        if _under(out, root):
+            what = "is" if out == root else "is inside"
+            problems.append(
+                Problem(
+                    "output.path",
+                    f"{cfg.output.path} {what} input.path {item} (a re-run would read the table as input)",
+                    "choose an output.path outside the input folder",
+                )
+            )
+        elif _under(root, out):
+            problems.append(
+                Problem(
+                    "output.path",
+                    f"{cfg.output.path} holds input.path {item}",
+                    "choose an output.path that is not a parent of the input",
+                )
+            )
+    return problems
+
+
+def writable_problems(path: str, key: str, kind: str) -> list[Problem]:
+    """A local ``path`` that we can make or write as a ``kind`` ("folder" or "file"). Object storage is
+    judged at its first write (claiming the table), which is still before Ray starts."""
+    local = _local(path)
+    if local is None:
+        return []
+    local = local.absolute()
+    if local.exists():
+        if kind == "folder" and not local.is_dir():
+            return [Problem(key, f"{path} is a file, not a folder", f"give {key} a folder")]
+        if kind == "file" and local.is_dir():
+            return [Problem(key, f"{path} is a folder", f"give a file, e.g. {key} {local / 'report.html'}")]
+        place = local if kind == "folder" else local.parent
+    else:
+        place = next(p for p in local.parents if p.exists())  # the root always exists
+        if not place.is_dir():
+            return [Problem(key, f"{place} is a file, so {path} cannot be made", f"give {key} another path")]
+    if not os.access(place, os.W_OK | os.X_OK):
+        return [
+            Problem(key, f"cannot write in {place} (permission denied)", "choose a place you can write to")
+        ]
+    return []
+
+
+def output_table_problems(path: str) -> list[Problem]:
+    """The folder must be new, empty, or a table this tool wrote (``OutputTable.claim`` refuses the rest;
+    saying so here lists it with the other problems)."""
+    table = OutputTable(path)
+    try:
+        exists = table.exists()
+        foreign_delta = exists and table.generation() is None
+    except Exception:  # noqa: BLE001 - an unreadable log is for claim() to judge and name
+        return []
+    local = _local(path)
+    held = [] if exists or local is None or not local.is_dir() else sorted(p.name for p in local.iterdir())
+    held = [n for n in held if n not in (RUNS_DIR, SUMMARY_FILE, "_delta_log")]
+    if foreign_delta:
+        what = f"{path} is a Delta table that datajuicer_ray did not create"
+        fix = "choose another output.path (overwrite only ever replaces a table this tool wrote)"
+    elif held:
+        what = f"{path} is not empty and not a curated table (it holds {_names(held, 1)})"
+        fix = "choose a new or empty folder"
+    else:
+        return []
+    return [Problem("output.path", what, fix)]
+
+
+def table_problems(path: str, key: str, need_ok: bool) -> list[Problem]:
+    """A curated table with committed rows (and, for training, rows with status ``ok``), read through the
+    log (``OutputTable.dataset``): only committed rows are data."""
+    place = "" if key == path else f" in {path}"
+    table = OutputTable(path)
+    fix = "give the output.path of a `datajuicer-ray curate` run"
+    try:
+        if not table.exists():
+            return [Problem(key, f"no committed rows{place}: not a curated table (no _delta_log)", fix)]
+        ds = table.dataset()
+        if not table.file_uris():
+            return [
+                Problem(key, f"no committed rows{place}", "run (or finish) `datajuicer-ray curate` into it")
+            ]
+        if (
+            not need_ok
+            or ds.scanner(columns=["status"], filter=pads.field("status") == "ok").head(1).num_rows
+        ):
+            return []
+        statuses = Counter(ds.to_table(columns=["status"]).column("status").to_pylist())
+    except Exception as err:  # noqa: BLE001 - any failure to read the table is the user's to see
+        return [Problem(key, f"cannot read the curated table{place} ({_short(err)})", "check the path")]
+    seen = ", ".join(f"{n} {s}" for s, n in statuses.most_common(3))
+    what = f"no row with status ok{place} ({seen}): nothing to train on"
+    return [
+        Problem(
+            key, what, f"see why with `datajuicer-ray inspect {path}`, then curate inputs whose images decode"
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+def input_problems(cfg: CurateConfig) -> list[Problem]:
+    i = cfg.input
+    if i.format == "sample":
+        bad = sample.folder_problem(i.path)
+        return [Problem("input.path", *bad)] if bad else []
+    if cfg.rewrite.only:  # the input is a curated table
+        return table_problems(str(i.path), "input.path", need_ok=False)
+    try:  # the files the run will plan, exactly as it plans them
+        files = reader.plan_inputs(i)
+    except FileNotFoundError:  # a path that is missing or gives no data file: say which, and what is there
+        return missing_problems(i.path, i.format)
+    except Exception as err:  # noqa: BLE001 - a listing that fails (credentials, a bad URL)
+        return [_unlistable(i.path, err)]
+    if not files:
+        total = len(reader.expand_paths(i.path, i.format))
+        return [
+            Problem(
+                "input.shard",
+                f"{i.shard} selects no file: the input has {total} file{'s' * (total != 1)}, and slice i/n "
+                "takes files i, i+n, i+2n, ...",
+                f"use a slice count n <= {total}, or no input.shard",
+            )
+        ]
+    probes = probe_files([f.path for f in files[:PROBE_FILES]], i.format)
+    return kind_problems([f.path for f in files], probes, i.format) + column_problems(
+        probes, i.columns, i.format
+    )
+
+
+def missing_problems(spec: object, fmt: str) -> list[Problem]:
+    """Each path, glob or folder of ``input.path`` that gives no data file, and what it holds instead."""
+    problems = []
+    suffix = ".parquet" if fmt == "parquet" else ".tar"
+    for item in _items(spec):
+        try:
+            fs, root = fsspec.core.url_to_fs(item)
+            if any(c in root for c in GLOB_CHARS):
+                there = [posixpath.basename(m) for m in fs.glob(root)]
+            elif fs.isdir(root):
+                there = [posixpath.basename(m) for m in fs.ls(root, detail=False)]
+            elif fs.exists(root):
+                there = [posixpath.basename(root)]  # a file the planner skips (a _ or . name)
+            else:
+                problems.append(Problem("input.path", f"{item!r} does not exist", "check the path"))
+                continue
+            if reader.expand_paths(item, fmt):
+                continue
+        except Exception as err:  # noqa: BLE001
+            problems.append(_unlistable(item, err))
+            continue
+        held = f"only {_names(there)}" if there else "nothing"
+        problems.append(
+            Problem("input.path", f"{item!r} matches no {suffix} file ({held})", _format_fix(there, fmt))
+        )
+    return problems
+
+
+def _unlistable(spec: object, err: BaseException) -> Problem:
+    return Problem("input.path", f"cannot list {spec!r} ({_short(err)})", "check the path and credentials")
+
+
+def _format_fix(names: list[str], fmt: str) -> str:
+    """Set the other format when every file is of it; else point input.path at the data files."""
+    other = "webdataset" if fmt == "parquet" else "parquet"
+    data = [n for n in names if not n.startswith(("_", "."))]
+    if data and all(kind_by_name(n) == other for n in data):
+        return f"set input.format={other}"
+    suffix = ".parquet" if fmt == "parquet" else ".tar"
+    return (
+        f"point input.path at the {FORMAT_NAMES[fmt]} files (their folder, or a glob such as dir/*{suffix})"
+    )
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    listed = ", ".join(repr(n) for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def kind_problems(paths: list[str], probes: list[Probe], fmt: str) -> list[Problem]:
+    """Every selected file must be of the declared format: by its name where the name says, else by its
+    bytes where read. A file named as data whose bytes are not (a cut-off upload) is left to the run,
+    which turns it into a read_error row: one bad file must not stop a corpus."""
+    kinds = {p.path: p.kind for p in probes}
+    kinds = {p: kind_by_name(p) or kinds.get(p) for p in paths}
+    wrong = [p for p in paths if kinds[p] not in (None, "empty", fmt)]
+    if not wrong:
+        return []
+    names = [posixpath.basename(p) for p in wrong]
+    verb = "is" if len(wrong) == 1 else "are"
+    return [
+        Problem(
+            "input.path",
+            f"{len(wrong)} of the {len(paths)} selected files {verb} not {FORMAT_NAMES[fmt]} input: "
+            f"{_names(names)} ({wrong[0]} is {KIND_NAMES.get(kinds[wrong[0]], 'not input data')})",
+            _format_fix(names if len(wrong) == len(paths) else [], fmt),
+        )
+    ]
+
+
+IMAGE_FIX = "set input.columns.image=<the column of encoded image bytes>"
+CAPTION_FIX = (
+    "set input.columns.caption=<the caption column> (LAION: TEXT, DataComp: text), or "
+    "input.columns.caption=null for an input without captions"
+)
+
+
+def _has_image(p: Probe, cols: ColumnsConfig) -> bool:
+    if p.kind == "parquet":
+        return cols.image in p.columns
+    return bool({cols.image, *reader.IMAGE_SUFFIXES} & set(p.columns))
+
+
+def _has_caption(p: Probe, cols: ColumnsConfig) -> bool:
+    if cols.caption is None:
+        return True
+    if p.kind == "parquet":
+        return cols.caption in p.columns
+    return bool(set(reader.CAPTION_SUFFIXES) & set(p.columns)) or cols.caption in p.meta
+
+
+def column_problems(probes: list[Probe], cols: ColumnsConfig, fmt: str) -> list[Problem]:
+    """The image and caption columns must exist (an input without captions says so: caption=null): a
+    missing one would make every row a read_error, or every caption silently None."""
+    read = [p for p in probes if p.kind == fmt and p.columns is not None]
+    problems = []
+    for key, name, has, fix in (
+        ("input.columns.image", cols.image, _has_image, IMAGE_FIX),
+        ("input.columns.caption", cols.caption, _has_caption, CAPTION_FIX),
+    ):
+        bad = [p for p in read if not has(p, cols)]
+        if not bad:
+            continue
+        seen = ", ".join(bad[0].columns[:12])
+        if fmt == "parquet":
+            what = f"column {name!r} is not in {bad[0].path} (its columns: {seen})"
+        else:  # the reader takes any image member, and a caption from .txt or the .json's `name` key
+            wanted = "image member" if key.endswith("image") else f".txt member or .json {name!r} key"
+            what = f"the first sample of {bad[0].path} has no {wanted} (its members: {seen})"
+        if len(bad) > 1:
+            what += f", nor in {len(bad) - 1} more of the {len(read)} files read"
+        problems.append(Problem(key, what, fix))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- endpoint
+
+
+def endpoint_problems(r: RewriteConfig, timeout: float = ENDPOINT_TIMEOUT_S) -> list[Problem]:
+    """One tiny chat request (1 token): an endpoint that is down must fail the job now, naming rewrite.url,
+    not after an hour of scoring. Nothing of the request or the data goes into the message."""
+    body = {"model": r.model, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(r.api_key_env) if r.api_key_env else None
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(str(r.url), json.dumps(body).encode(), headers, method="POST")
+    # No proxy from the environment: the job's HTTP client (aiohttp) does not use one either.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as resp:
+            resp.read(1 << 16)
+        return []
+    except urllib.error.HTTPError as err:
+        return [
+            Problem("rewrite.url", f"{r.url} answered HTTP {err.code} {err.reason}", _http_fix(err.code, r))
+        ]
+    except ValueError:
+        return [Problem("rewrite.url", f"{r.url!r} is not an http(s) URL", "give the endpoint's full URL")]
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        return [
+            Problem(
+                "rewrite.url",
+                f"{r.url} did not answer a test request ({reason}; timeout {timeout:g} s)",
+                "start the endpoint, or fix rewrite.url (e.g. http://host:8000/v1/chat/completions)",
+            )
+        ]
+
+
+def _http_fix(code: int, r: RewriteConfig) -> str:
+    if code in (401, 403):
+        return f"set ${r.api_key_env} (rewrite.api_key_env) to a key the endpoint accepts"
+    if code in (404, 405):
+        return (
+            "rewrite.url must be the OpenAI-compatible chat-completions URL (…/v1/chat/completions) "
+            f"and rewrite.model ({r.model}) a model it serves"
+        )
+    return "check the endpoint's logs"
