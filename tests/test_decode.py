@@ -13,7 +13,17 @@ from PIL import Image
 from datajuicer_ray.config import VisionConfig
 from datajuicer_ray.io import schema
 from datajuicer_ray.io.reader import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
-from datajuicer_ray.vision.decode import Decoder
+from datajuicer_ray.vision import decode as decode_module
+from datajuicer_ray.vision.decode import (
+    ORIENTATIONS,
+    Decoded,
+    Decoder,
+    canonical_pixels,
+    open_image,
+    reduced_view,
+    transpose_box,
+)
+from datajuicer_ray.vision.geometry import canonical_view
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -122,6 +132,7 @@ def test_bad_bytes_become_row_statuses(data, status, fragment):
     got, error, pixels = decode_rows([data])
     assert got == [status] and pixels == [None]
     assert fragment.lower() in error[0].lower()
+    assert " at 0x" not in error[0]  # the same bytes give the same error text in every run
 
 
 def test_pixel_limit_rejects_before_decoding():
@@ -149,3 +160,110 @@ def test_upstream_failures_keep_their_reason():
     )
     assert got == ["upstream:failed_to_download", "ok"]
     assert error == ["HTTP Error 404: Not Found", None]
+
+
+# -- reduced decoding of large images (DCT scaling, whole-factor reduce) --------------------------
+
+
+def photo(w: int, h: int) -> Image.Image:
+    """A detailed picture of any size: a real photo resized, with a fine checker so aliasing would show."""
+    import skimage.data
+
+    img = Image.fromarray(skimage.data.astronaut()).resize((w, h), Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr += (((yy // 3 + xx // 3) % 2) * 24 - 12)[..., None].astype(np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def full_and_reduced(data: bytes, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    full = canonical_pixels(data, size, full_decode=True).astype(int)
+    return full, canonical_pixels(data, size).astype(int)
+
+
+@pytest.mark.parametrize(("w", "h", "fmt"), [(1800, 1200, "JPEG"), (1000, 1400, "JPEG"), (1300, 1000, "PNG")])
+def test_large_images_decode_reduced_close_to_full_size(w, h, fmt):
+    data = encode(photo(w, h), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    full, reduced = full_and_reduced(data)
+    assert full.shape == reduced.shape == (224, 224, 3)
+    assert np.abs(full - reduced).mean() < 2.0
+    # Same crop: the pictures line up (a shifted crop would leave the checker's edges misaligned).
+    assert np.corrcoef(full.ravel(), reduced.ravel())[0, 1] > 0.99
+
+
+def test_jpeg_is_decoded_at_a_reduced_dct_scale(monkeypatch):
+    sizes = []
+    real = decode_module.to_rgb
+    monkeypatch.setattr(decode_module, "to_rgb", lambda img: sizes.append(img.size) or real(img))
+    canonical_pixels(encode(photo(2000, 1000), "JPEG"), 224)
+    canonical_pixels(encode(photo(2000, 1000), "JPEG"), 224, full_decode=True)
+    # shorter side 1000 -> 1/2 keeps it >= DRAFT_MARGIN * 224; full_decode decodes every pixel
+    assert sizes == [(1000, 500), (2000, 1000)]
+
+
+def test_small_images_take_the_full_size_path_pixel_for_pixel():
+    data = encode(photo(520, 400), "JPEG")  # shorter side < 2 * DRAFT_MARGIN * 224
+    full, reduced = full_and_reduced(data)
+    assert np.array_equal(full, reduced)
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    assert np.array_equal(full, np.asarray(canonical_view(img, 224)))
+
+
+@pytest.mark.parametrize(("w", "h"), [(1000, 700), (700, 1001), (1999, 1333), (225, 2000)])
+def test_the_one_step_crop_box_is_the_canonical_view(w, h):
+    img = photo(w, h)
+    decoded = Decoded(img, img.size, (0, 0, *img.size))
+    one_step = np.asarray(reduced_view(decoded, 224, margin=1e9)).astype(int)  # no reduce step
+    diff = np.abs(one_step - np.asarray(canonical_view(img, 224)).astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05  # Pillow's fixed-point rounding, not a shift
+
+
+@pytest.mark.parametrize("method", list(Image.Transpose))
+def test_transpose_box_follows_pillow(method):
+    arr = np.zeros((30, 50), np.uint8)
+    arr[4:11, 7:20] = 255
+    moved = np.asarray(Image.fromarray(arr).transpose(method))
+    ys, xs = np.nonzero(moved)
+    assert transpose_box((7, 4, 20, 11), (50, 30), method) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_on_the_reduced_path(orientation):
+    upright = photo(1800, 1000)
+    undo = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}  # how a camera stores a picture shown this way
+    stored = upright.transpose(ORIENTATIONS[undo[orientation]]) if orientation > 1 else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    reduced = canonical_pixels(encode(stored, "JPEG", quality=95, exif=exif), 224).astype(int)
+    reference = canonical_pixels(encode(upright, "JPEG", quality=95), 224, full_decode=True).astype(int)
+    assert np.abs(reduced - reference).mean() < 2.0
+
+
+def jpeg_claiming(w: int, h: int) -> bytes:
+    """A small JPEG whose header (SOF0) claims w x h: a decompression bomb as far as the header says."""
+    data = bytearray(encode(Image.new("RGB", (64, 48), (9, 9, 9)), "JPEG"))
+    at = data.find(b"\xff\xc0")
+    data[at + 5 : at + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("w", "h", "max_pixels", "fragment"),
+    [(5000, 4000, 4_000_000, "5000x4000 = 20000000 pixels > vision.max_pixels=4000000"),
+     (30000, 30000, 10**10, "decompression bomb")],
+)  # fmt: skip
+def test_header_bombs_are_rejected_before_any_decoding(monkeypatch, w, h, max_pixels, fragment):
+    from PIL import ImageFile
+
+    calls = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: calls.append("load"))
+    monkeypatch.setattr(Image.Image, "draft", lambda self, *a: calls.append("draft"))
+    got, error, _ = decode_rows([jpeg_claiming(w, h)], max_pixels=max_pixels)
+    assert got == ["too_large"] and fragment in error[0].lower() and calls == []
+
+
+def test_full_decode_is_the_old_path():
+    data = encode(photo(1600, 1200), "JPEG")
+    old = canonical_view(open_image(data, VisionConfig.max_pixels, VisionConfig.max_image_bytes), 224)
+    assert np.array_equal(canonical_pixels(data, 224, full_decode=True), np.asarray(old))
+    assert open_image(data, VisionConfig.max_pixels, VisionConfig.max_image_bytes).size == (1600, 1200)
