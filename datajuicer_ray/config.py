@@ -111,6 +111,9 @@ class VisionConfig:
     scorer_image_size: int = 0
     batch_size: int = 64
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    # Where images are decoded: cpu (Ray tasks, Pillow), gpu (in the scorer actor: nvJPEG for JPEGs, Pillow
+    # for the rest; no CPU decode stage), auto (gpu when the scorer actors get GPUs, else cpu).
+    decode: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
     # Decompression-bomb guard: images with more pixels are rejected as too_large before decoding.
     max_pixels: int = 64_000_000
@@ -330,6 +333,7 @@ def fingerprint(cfg: CurateConfig) -> str:
             "device",
             "decode_memory_mb",
             "resources",
+            "decode",
         ],
         "rewrite": [
             "batch_size",
@@ -438,6 +442,7 @@ def _validate_curate(cfg: CurateConfig) -> None:
     _require(v.batch_size >= 1, "vision.batch_size", "must be >= 1")
     _one_of(v.dtype, "vision.dtype", ("auto", "fp32", "bf16", "fp16"))
     _one_of(v.device, "vision.device", ("auto", "cpu", "cuda"))
+    _one_of(v.decode, "vision.decode", ("auto", "cpu", "gpu"))
     _require(v.max_pixels > 0, "vision.max_pixels", "must be > 0")
     _require(v.max_image_bytes > 0, "vision.max_image_bytes", "must be > 0")
     _require(1 <= v.min_actors <= v.max_actors, "vision.min_actors", "need 1 <= min_actors <= max_actors")

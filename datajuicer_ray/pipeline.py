@@ -98,6 +98,11 @@ def scorer_resources(cfg: CurateConfig) -> tuple[float, str]:
     return 0.0, "auto: no GPU in the cluster or its node types"
 
 
+def decode_on_device(cfg: CurateConfig, num_gpus: float) -> bool:
+    """vision.decode: gpu decodes in the scorer actor; auto does so when the actor gets a GPU."""
+    return cfg.vision.decode == "gpu" or (cfg.vision.decode == "auto" and num_gpus > 0)
+
+
 def build_dataset(
     cfg: CurateConfig, files: list[InputFile], image_column: str | None, run_id: str
 ) -> ray.data.Dataset:
@@ -112,7 +117,9 @@ def build_dataset(
         # actor pools that hold whole CPUs.
         num_cpus=READ_CPUS,
     )
-    if not cfg.rewrite.only:
+    num_gpus, _ = scorer_resources(cfg)
+    on_device = decode_on_device(cfg, num_gpus)
+    if not cfg.rewrite.only and not on_device:
         ds = ds.map_batches(
             _decode,
             fn_kwargs={"vision": cfg.vision},
@@ -124,10 +131,10 @@ def build_dataset(
             # over CPU tasks while the (GPU) scorer only runs the model.
             memory=cfg.vision.decode_memory_mb * 2**20 or None,
         )
-        num_gpus, _ = scorer_resources(cfg)
+    if not cfg.rewrite.only:
         ds = ds.map_batches(
             PatchScorer,
-            fn_constructor_kwargs={"vision": cfg.vision},
+            fn_constructor_kwargs={"vision": cfg.vision, "decode_on_device": on_device},
             compute=ray.data.ActorPoolStrategy(
                 min_size=cfg.vision.min_actors, max_size=cfg.vision.max_actors
             ),

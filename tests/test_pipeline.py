@@ -15,7 +15,8 @@ from datajuicer_ray.config import ConfigError, load_curate_config
 from datajuicer_ray.io.curated import data_files
 from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.pipeline import RunConflict, curate
-from datajuicer_ray.vision.geometry import top_k_indices
+from datajuicer_ray.vision.decode import canonical_pixels
+from datajuicer_ray.vision.geometry import patch_content, top_k_indices
 
 read_curated = read_rows
 
@@ -210,10 +211,13 @@ def test_mass_retention_keeps_a_count_per_image_inside_the_clamp(ray_local, tmp_
         scores, idx = np.asarray(r["patch_scores"], np.float32), r["patch_index"]
         assert round(0.2 * 196) <= len(idx) <= round(0.8 * 196)
         assert top_k_indices(scores, len(idx)).tolist() == idx  # its own count, chosen from the stored map
-        assert r["kept_mass"] >= 0.6 or len(idx) == round(0.8 * 196)
+        assert r["kept_mass"] == pytest.approx(scores[idx].sum() / scores.sum(), rel=1e-5)
+        # the count: the fewest top patches holding 0.6 of the score mass on the image's content
+        weighted = scores * patch_content(canonical_pixels(r["jpg"], 224), 14).reshape(-1)
+        share = weighted[idx].sum() / weighted.sum()
+        assert share >= 0.6 - 1e-6 or len(idx) == round(0.8 * 196)
         if len(idx) > round(0.2 * 196):  # not clamped from below: one patch fewer would not reach the mass
-            fewer = top_k_indices(scores, len(idx) - 1)
-            assert scores[fewer].sum() / scores.sum() < 0.6
+            assert weighted[top_k_indices(scores, len(idx) - 1)].sum() / weighted.sum() < 0.6
     assert latest_run(tmp_path / "out")["geometry"]["retention"] == "mass"
 
 
@@ -228,3 +232,25 @@ def test_text_guided_scoring_runs_end_to_end(ray_local, tmp_path):
         assert top_k_indices(scores, len(r["patch_index"])).tolist() == r["patch_index"]
     run = latest_run(tmp_path / "out")
     assert run["models"]["text_guide"]["id"] == "tiny-random-clip" and run["models"]["text_guide"]["revision"]
+
+
+def test_decoding_in_the_scorer_gives_the_cpu_decoders_statuses_and_patches(ray_local, tmp_path):
+    """vision.decode=gpu on this CPU machine: the scorer actor decodes (torchvision's decode_jpeg, the CUDA
+    path's code on the CPU device), no decode tasks run; rows come out as with the CPU decode stage."""
+    img2dataset_parquet(tmp_path / "in" / "00000.parquet", 8, failed=(3,))
+    tables = {}
+    for mode in ("cpu", "gpu"):
+        cfg = curate_cfg(
+            tmp_path / mode, tmp_path / "in", "parquet", f"vision.decode={mode}", "vision.device=cpu"
+        )
+        tables[mode] = {r["key"]: r for r in read_curated(cfg.output.path) or []} if curate(cfg) else {}
+    cpu, gpu = tables["cpu"], tables["gpu"]
+    assert cpu.keys() == gpu.keys() and len(cpu) == 8
+    assert {k: r["status"] for k, r in cpu.items()} == {k: r["status"] for k, r in gpu.items()}
+    ious = [
+        len(set(cpu[k]["patch_index"]) & set(gpu[k]["patch_index"]))
+        / len(set(cpu[k]["patch_index"]) | set(gpu[k]["patch_index"]))
+        for k in cpu
+        if cpu[k]["status"] == "ok"
+    ]
+    assert len(ious) == 7 and float(np.mean(ious)) >= 0.9, ious

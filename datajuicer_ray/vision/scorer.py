@@ -80,9 +80,14 @@ def cpu_threads(vision: VisionConfig) -> int:
 
 
 class PatchScorer:
-    """``batch -> batch``: scores rows with status ok; adds patch_grid, patch_index and objects."""
+    """``batch -> batch``: scores rows with status ok; adds patch_grid, patch_index and objects.
 
-    def __init__(self, vision: VisionConfig):
+    With ``decode_on_device`` the batch arrives undecoded (image bytes and the upstream status, as the reader
+    left it) and the scorer decodes it itself (:class:`~datajuicer_ray.vision.gpu_decode.GpuDecoder`: nvJPEG
+    on a GPU, the CPU decoder for everything else), so a GPU node needs no CPU decode tasks to stay fed.
+    """
+
+    def __init__(self, vision: VisionConfig, decode_on_device: bool = False):
         self.cfg = vision
         self.device = pick_device(vision.device)
         self.amp = autocast_dtype(vision.dtype, self.device)
@@ -110,6 +115,11 @@ class PatchScorer:
 
             self.guide = TextGuide(vision.text_guided.model, self.device)
         self.max_batch = vision.batch_size
+        self.gpu_decoder = None
+        if decode_on_device:
+            from datajuicer_ray.vision.gpu_decode import GpuDecoder
+
+            self.gpu_decoder = GpuDecoder.from_config(vision, self.device)
         # Fault drills (tests/test_faults.py, tests/test_transient.py): slow the scorer so a node or actor can
         # be killed mid-run; and, driven by files in a folder so a test can change them while Ray runs, break
         # the "device" once or fail the rows whose key contains a marker.
@@ -247,26 +257,47 @@ class PatchScorer:
 
     # -- the stage ------------------------------------------------------------------------
 
+    def _decoded(self, batch: pa.Table) -> tuple[pa.Table, list, list, dict[int, np.ndarray]]:
+        """Statuses, errors and canonical views (by row) of the batch: decoded by the CPU decode stage
+        (``_pixels`` bytes), or here on the device."""
+        s = self.size
+        if self.gpu_decoder is None:
+            pixels = batch.column(schema.PIXELS_COL).to_pylist()
+            status, error = batch.column("status").to_pylist(), batch.column("error").to_pylist()
+            views = {
+                i: np.frombuffer(p, np.uint8).reshape(s, s, 3)
+                for i, p in enumerate(pixels)
+                if p is not None and status[i] == schema.OK
+            }
+            return batch.drop_columns([schema.PIXELS_COL, "status", "error"]), status, error, views
+        from datajuicer_ray.io.reader import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
+
+        decoded, status, error = self.gpu_decoder(
+            batch.column(IMAGE_COL).to_pylist(),
+            batch.column(UPSTREAM_STATUS_COL).to_pylist(),
+            batch.column(UPSTREAM_ERROR_COL).to_pylist(),
+        )
+        ok = [i for i, st in enumerate(status) if st == schema.OK]
+        views = dict(zip(ok, decoded))
+        return batch.drop_columns([UPSTREAM_STATUS_COL, UPSTREAM_ERROR_COL]), list(status), list(error), views
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         drill_failed = self._drill(batch)
         n = batch.num_rows
-        status = batch.column("status").to_pylist()
-        error = batch.column("error").to_pylist()
-        pixels = batch.column(schema.PIXELS_COL).to_pylist()
+        out, status, error, decoded = self._decoded(batch)
         captions = batch.column("caption").to_pylist() if self.guide is not None else [None] * n
         for i in drill_failed:
             if status[i] == schema.OK:
                 status[i], error[i] = schema.SCORE_ERROR, "RuntimeError: injected by a fault drill"
-        todo = [i for i in range(n) if status[i] == schema.OK and pixels[i] is not None]
+        todo = [i for i in range(n) if status[i] == schema.OK and i in decoded]
         grid: list = [None] * n
         index: list = [None] * n
         scores: list = [None] * n
         mass: list = [None] * n
         objects: list = [None] * n
-        s = self.size
         for start in range(0, len(todo), self.max_batch):
             rows = todo[start : start + self.max_batch]
-            views = np.stack([np.frombuffer(pixels[i], np.uint8).reshape(s, s, 3) for i in rows])
+            views = np.stack([decoded[i] for i in rows])
             for i, res in zip(rows, self._score_rows(views, [captions[i] for i in rows])):
                 if isinstance(res, str):
                     status[i], error[i] = schema.SCORE_ERROR, res
@@ -275,7 +306,6 @@ class PatchScorer:
                     grid[i], index[i], scores[i] = self.grid, kept.tolist(), score_map
                     total = float(score_map.sum())
                     mass[i] = float(score_map[kept].sum()) / total if total > 0 else 0.0
-        out = batch.drop_columns([schema.PIXELS_COL, "status", "error"])
         out = out.append_column("patch_grid", pa.array(grid, pa.int16()))
         out = out.append_column("patch_index", pa.array(index, pa.list_(pa.int16())))
         out = out.append_column("patch_scores", pa.array(scores, pa.list_(pa.float32())))
