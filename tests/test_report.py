@@ -23,6 +23,7 @@ from datajuicer_ray.io.curated import data_files
 from datajuicer_ray.report import groups, inspect, stats
 from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.overlay import DIM, ImageUnreadable, decode_image, keep_mask, overlay, render_views
+from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import canonical_view
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins"]
@@ -180,6 +181,11 @@ def test_render_views_matches_the_canonical_view():
     diff = np.abs(np.asarray(view, dtype=int) - np.asarray(reference, dtype=int))
     assert view.size == (S, S) and diff.mean() < 3  # same crop (draft decoding may differ by a little)
     assert np.array_equal(np.asarray(view), np.asarray(masked))  # everything kept: nothing dimmed
+    # a web-sized JPEG, decoded reduced by curation: the report shows exactly the scorer's pixels
+    big = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").resize((1400, 1050)).save(big, "JPEG", quality=90)
+    view, _ = render_views(big.getvalue(), None, S, G)
+    assert np.array_equal(np.asarray(view), canonical_pixels(big.getvalue(), S))
 
 
 def test_card_of_an_ok_row_whose_bytes_do_not_decode_says_why():

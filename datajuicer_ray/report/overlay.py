@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image
 
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.vision.decode import RowRejected, open_image
-from datajuicer_ray.vision.geometry import canonical_view
+from datajuicer_ray.vision.decode import RowRejected, canonical_image, open_image
 
 DIM = 0.28  # brightness left to dropped patches
 EDGE = np.array([255, 214, 10], dtype=np.float32)  # outline of the kept region
@@ -67,8 +66,12 @@ def _boundary(kept: np.ndarray) -> np.ndarray:
 def render_views(
     data: bytes | None, patch_index, size: int, grid: int
 ) -> tuple[Image.Image, Image.Image | None]:
-    """(canonical view, overlay); the overlay is None where the row has no patch index."""
-    view = canonical_view(decode_image(data), size)
+    """(canonical view, overlay); the overlay is None where the row has no patch index. The view comes from
+    curation's own canonical decoder (reduced JPEG decoding included), so it is the scorer's picture."""
+    try:
+        view = canonical_image(data, size, VisionConfig.max_pixels, VisionConfig.max_image_bytes)
+    except RowRejected as err:
+        raise ImageUnreadable(err.error) from None
     if patch_index is None:
         return view, None
     return view, overlay(view, patch_index, grid)
