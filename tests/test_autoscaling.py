@@ -28,7 +28,7 @@ from autoscaling import (
     committed_files,
     read_keys,
 )
-from inputs import img2dataset_parquet
+from drills import drill_corpus, drill_overrides, run_in_thread
 
 pytestmark = [
     pytest.mark.slow,  # `make test` (CI) runs slow tests too
@@ -91,47 +91,8 @@ def cluster(fake_env):
 
 
 @pytest.fixture()
-def corpus(tmp_path) -> tuple[Path, list[str]]:
-    keys = []
-    for i in range(FILES):
-        img2dataset_parquet(
-            tmp_path / "in" / f"{i:05d}.parquet", ROWS, start=1000 * i, failed=(1000 * i + 3,)
-        )
-        keys += [f"{j:09d}" for j in range(1000 * i, 1000 * i + ROWS)]
-    return tmp_path / "in", keys
-
-
-def overrides(inp: Path, out: Path) -> list[str]:
-    return [
-        f"input.path={inp}",
-        f"output.path={out}",
-        "vision.model=tiny-random-dino",
-        "vision.batch_size=4",
-        "vision.num_gpus=0",
-        "vision.num_cpus=0.5",
-        "vision.min_actors=1",
-        "vision.max_actors=2",
-        "vision.resources={scorer_slot: 1}",
-        "input.rows_per_block=4",
-        "ray.progress=false",
-    ]
-
-
-def run_in_thread(cfg_overrides):
-    from datajuicer_ray.config import load_curate_config
-    from datajuicer_ray.pipeline import curate
-
-    result: dict = {}
-
-    def target():
-        try:
-            result["summary"] = curate(load_curate_config(None, cfg_overrides))
-        except BaseException as err:  # noqa: BLE001 - surfaced by the test
-            result["error"] = err
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, result
+def corpus(tmp_path) -> tuple[Path, set[str]]:
+    return tmp_path / "in", drill_corpus(tmp_path / "in", FILES, ROWS)
 
 
 def finish(thread: threading.Thread, result: dict, cluster: FakeAutoscalingCluster, timeout: float = 240):
@@ -141,7 +102,7 @@ def finish(thread: threading.Thread, result: dict, cluster: FakeAutoscalingClust
     return result["summary"]
 
 
-def assert_exactly_once(out: Path, keys: list[str]) -> None:
+def assert_exactly_once(out: Path, keys: set[str]) -> None:
     got = read_keys(out)
     twice = [k for k, n in Counter(got).items() if n > 1]
     assert not twice, f"rows written twice: {twice[:5]}"
@@ -265,7 +226,7 @@ def test_scale_up_from_zero_then_down(cluster, corpus, tmp_path):
     out = tmp_path / "out"
     t0 = time.time()
     with NodeWatch(cluster) as watch:
-        thread, result = run_in_thread(overrides(corpus[0], out))
+        thread, result = run_in_thread(drill_overrides(corpus[0], out))
         MEASURED["first_node_up"] = cluster.wait_for_worker_nodes(1, timeout=120, exact=False)
         summary = finish(thread, result, cluster)
         MEASURED["scale_up_job"] = time.time() - t0
@@ -285,7 +246,7 @@ def test_scorer_node_preempted_mid_run(cluster, corpus, tmp_path):
     out = tmp_path / "out"
     t0 = time.time()
     with NodeWatch(cluster) as watch:
-        thread, result = run_in_thread([*overrides(corpus[0], out), "vision.max_actors=1"])
+        thread, result = run_in_thread([*drill_overrides(corpus[0], out), "vision.max_actors=1"])
         wait_for_commits(out, 2, thread)
         before = set(watch.up)
         killed = cluster.kill_worker_raylet()

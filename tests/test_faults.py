@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from inputs import img2dataset_parquet
+from drills import drill_corpus, drill_overrides, run_in_thread
 from tables import committed_inputs, read_keys
 
 FILES, ROWS = 10, 12
@@ -44,29 +43,7 @@ def add_workers(cluster, n):
 
 @pytest.fixture()
 def corpus(tmp_path) -> tuple[Path, set[str]]:
-    keys = set()
-    for i in range(FILES):
-        img2dataset_parquet(
-            tmp_path / "in" / f"{i:05d}.parquet", ROWS, start=1000 * i, failed=(1000 * i + 3,)
-        )
-        keys |= {f"{j:09d}" for j in range(1000 * i, 1000 * i + ROWS)}
-    return tmp_path / "in", keys
-
-
-def overrides(inp: Path, out: Path) -> list[str]:
-    return [
-        f"input.path={inp}",
-        f"output.path={out}",
-        "vision.model=tiny-random-dino",
-        "vision.batch_size=4",
-        "vision.num_gpus=0",
-        "vision.num_cpus=0.5",
-        "vision.max_actors=2",
-        "vision.min_actors=1",
-        "vision.resources={scorer_slot: 1}",
-        "input.rows_per_block=4",
-        "ray.progress=false",
-    ]
+    return tmp_path / "in", drill_corpus(tmp_path / "in", FILES, ROWS)
 
 
 def assert_exactly_once(out: Path, keys: set[str]) -> None:
@@ -83,30 +60,13 @@ def wait_for_commits(out: Path, n: int, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
-def run_in_thread(cfg_overrides):
-    from datajuicer_ray.config import load_curate_config
-    from datajuicer_ray.pipeline import curate
-
-    result: dict = {}
-
-    def target():
-        try:
-            result["summary"] = curate(load_curate_config(None, cfg_overrides))
-        except BaseException as err:  # noqa: BLE001 - surfaced by the test
-            result["error"] = err
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, result
-
-
 def test_worker_node_removed_mid_run(cluster, corpus, tmp_path):
     import ray
 
     workers = add_workers(cluster, 2)
     ray.init(address=cluster.address, log_to_driver=False) if not ray.is_initialized() else None
     out = tmp_path / "out"
-    thread, result = run_in_thread(overrides(corpus[0], out))
+    thread, result = run_in_thread(drill_overrides(corpus[0], out))
     wait_for_commits(out, 2)
     cluster.remove_node(workers[0], allow_graceful=False)
     thread.join(timeout=300)
@@ -136,7 +96,7 @@ def test_scorer_actor_killed_mid_run(cluster, corpus, tmp_path):
     if not ray.is_initialized():
         ray.init(address=cluster.address, log_to_driver=False)
     out = tmp_path / "out"
-    thread, result = run_in_thread(overrides(corpus[0], out))
+    thread, result = run_in_thread(drill_overrides(corpus[0], out))
     wait_for_commits(out, 2)
     pids = scorer_pids()
     assert pids, "no scorer actor process found"
@@ -154,7 +114,14 @@ def test_driver_killed_mid_run_then_rerun(cluster, corpus, tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "job.yaml"
     config.write_text("{}\n")
-    cmd = [sys.executable, "-m", "datajuicer_ray.cli", "curate", str(config), *overrides(corpus[0], out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "datajuicer_ray.cli",
+        "curate",
+        str(config),
+        *drill_overrides(corpus[0], out),
+    ]
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_commits(out, 2)

@@ -1,0 +1,53 @@
+"""What the fault and autoscaling drills share: a corpus with a failed download per file, a curation job
+whose scorer actors only fit on worker nodes (a custom resource stands in for a GPU), and a way to run it
+in the background while the drill breaks something."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from inputs import img2dataset_parquet
+
+
+def drill_corpus(folder: Path, files: int, rows: int) -> set[str]:
+    """``files`` img2dataset files of ``rows`` rows (keys 1000*i + j), each with one failed download."""
+    keys = set()
+    for i in range(files):
+        img2dataset_parquet(folder / f"{i:05d}.parquet", rows, start=1000 * i, failed=(1000 * i + 3,))
+        keys |= {f"{j:09d}" for j in range(1000 * i, 1000 * i + rows)}
+    return keys
+
+
+def drill_overrides(inp: Path, out: Path) -> list[str]:
+    return [
+        f"input.path={inp}",
+        f"output.path={out}",
+        "vision.model=tiny-random-dino",
+        "vision.batch_size=4",
+        "vision.num_gpus=0",
+        "vision.num_cpus=0.5",
+        "vision.min_actors=1",
+        "vision.max_actors=2",
+        "vision.resources={scorer_slot: 1}",
+        "input.rows_per_block=4",
+        "ray.progress=false",
+    ]
+
+
+def run_in_thread(cfg_overrides: list[str]) -> tuple[threading.Thread, dict]:
+    """Start ``curate`` in a thread; the dict gets its ``summary`` or the ``error`` it raised."""
+    from datajuicer_ray.config import load_curate_config
+    from datajuicer_ray.pipeline import curate
+
+    result: dict = {}
+
+    def target():
+        try:
+            result["summary"] = curate(load_curate_config(None, cfg_overrides))
+        except BaseException as err:  # noqa: BLE001 - surfaced by the test
+            result["error"] = err
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, result
