@@ -27,7 +27,9 @@ from benchmarks.common import markdown, print_rows, row
 # (short name, module): the order keeps the cheap figures first.
 BENCHMARKS = [
     ("attention", "benchmarks.bench_attention"),
+    ("guard", "benchmarks.bench_guard"),
     ("precision", "benchmarks.bench_precision"),
+    ("decode", "benchmarks.bench_decode"),
     ("pipeline", "benchmarks.bench_pipeline"),
     ("memory", "benchmarks.bench_memory"),
     ("train_step", "benchmarks.bench_train_step"),

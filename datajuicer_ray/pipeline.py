@@ -202,7 +202,7 @@ def claim_table(cfg: CurateConfig, table: OutputTable, record: dict, out_schema:
         raise ConfigError(str(err)) from None
 
 
-def plan_retry(table: OutputTable, files: list[InputFile], app_ids: dict[str, str], done: dict[str, int]):
+def plan_retry(table: OutputTable, files: list[InputFile], app_ids: dict[str, str]):
     """output.retry_failed: the committed input files with rows a system fault left, the data files their
     new rows replace and the marker version to commit (one more than the committed one)."""
     ds = table.dataset()
@@ -214,6 +214,7 @@ def plan_retry(table: OutputTable, files: list[InputFile], app_ids: dict[str, st
         )
         if schema.is_transient(st, rw)
     }
+    done = table.committed(app_ids[f.file_id] for f in files if f.path in bad)
     pending = [f for f in files if f.path in bad and app_ids[f.file_id] in done]
     replacing = {f.path: (table.data_files_of(f.path), done[app_ids[f.file_id]] + 1) for f in pending}
     return pending, replacing
@@ -258,12 +259,17 @@ def curate(cfg: CurateConfig) -> dict:
     record = run_record(cfg, run_id, files)  # loads model configs: a bad model id fails here
     generation = claim_table(cfg, table, record, out_schema)
     app_ids = {f.file_id: input_app_id(generation, record["fingerprint"], f.path) for f in files}
-    done = table.committed(app_ids.values())  # asks the log; no input file is opened
+    # Asks the log, never the inputs: which inputs have rows (one read of its file statistics), then the
+    # markers of the rest only (an input with no rows at all is committed by its marker alone).
+    with_rows = table.committed_sources()
+    rest = [f for f in files if f.path not in with_rows]
+    marked = table.committed(app_ids[f.file_id] for f in rest)
+    done = [f for f in files if f.path in with_rows or app_ids[f.file_id] in marked]
     replacing: dict = {}
     if cfg.output.retry_failed:
-        pending, replacing = plan_retry(table, files, app_ids, done)
+        pending, replacing = plan_retry(table, files, app_ids)
     else:
-        pending = [f for f in files if app_ids[f.file_id] not in done]
+        pending = [f for f in rest if app_ids[f.file_id] not in marked]
     if not pending:
         what = "with rows to retry" if cfg.output.retry_failed else "to curate"
         print(f"[curate] nothing to do: no input file {what} ({len(files)} committed in {cfg.output.path})")

@@ -33,8 +33,15 @@ PIXELS_COL = "_pixels"  # canonical view, S*S*3 uint8 bytes
 VISION_COLUMNS = ("patch_grid", "patch_index", "patch_scores", "kept_mass", "objects")
 
 
+# A rewrite the model answered but not as asked: the model's doing, not a fault of the system.
+MODEL_FAILURES = ("failed:unparsable",)
+
+
 def is_transient(status: str | None, rewrite_status: str | None) -> bool:
-    return status in TRANSIENT_STATUSES or (rewrite_status or "").startswith(TRANSIENT_REWRITE_PREFIX)
+    rw = rewrite_status or ""
+    return status in TRANSIENT_STATUSES or (
+        rw.startswith(TRANSIENT_REWRITE_PREFIX) and rw not in MODEL_FAILURES
+    )
 
 
 def output_schema(image_column: str | None) -> pa.Schema:

@@ -218,6 +218,18 @@ class OutputTable:
                 out[a] = v
         return out
 
+    def committed_sources(self) -> set[str]:
+        """URIs of the input files with rows in the table, from the log's file statistics (every data file
+        holds one input file's rows, and its ``source_file`` bounds say which): one read of the log's state,
+        where asking for each input's marker costs ~1.5-3 ms apiece at a few thousand commits."""
+        dt = self.delta()
+        if dt is None:
+            return set()
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        if "min.source_file" not in actions.column_names:
+            return set()
+        return {s for s in actions.column("min.source_file").to_pylist() if s is not None}
+
     def commit(self, inputs: list[InputCommit], schema: pa.Schema, run_id: str) -> list[InputCommit]:
         """Commit several input files in one transaction, each with its own marker; returns those
         committed now. An input whose marker is already at its version is skipped (its data files become

@@ -58,6 +58,7 @@ details pre { font-size: 12px; max-height: 420px; overflow: auto; }
 .obj i { font-style: normal; color: var(--muted); margin-left: 3px; }
 .cap { font-size: 13px; word-break: break-word; }
 .cap .lab { display: block; font-size: 11px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.cap.candidate s { text-decoration-color: #c33; color: var(--muted); }
 ins { background: var(--ins); text-decoration: none; }
 del { background: var(--del); color: #a61e1e; }
 .legend { font-size: 12px; color: var(--muted); }

@@ -13,6 +13,7 @@ import numpy as np
 
 from datajuicer_ray.report import plots
 from datajuicer_ray.report.assets import CSS, JS
+from datajuicer_ray.report.captions import rejected_block
 from datajuicer_ray.report.groups import GroupPlan
 from datajuicer_ray.report.stats import FolderStats
 
@@ -199,6 +200,7 @@ def _card(c: Card, grid: int) -> str:
     rewrite = ""
     if c.rewritten_html is not None:
         rewrite = f'<div class="cap"><span class="lab">rewritten</span>{c.rewritten_html}</div>'
+    rewrite += rejected_block(c.candidate_html, c.rewrite_status)  # what the guard refused, and why
     classes = json.dumps(sorted({label for label, _ in c.objects}))
     return (
         f'<article class="card{" rejected" if bad else ""}" data-status="{_attr(c.status)}" '

@@ -7,39 +7,58 @@
 =============  =================================================================================
 empty          nothing left, or no letter or digit at all
 control_chars  control characters or bidi overrides
-markup         chat-template tokens (``<|im_start|>``, ``[INST]``, ...), role prefixes (``assistant:``)
+markup         chat-template or special tokens (``<|im_start|>``, ``<eos>``, ``[INST]``, the tokenizer's
+               own list), role prefixes (``assistant:``), JSON left-overs (``{"caption":``)
 too_long       more than ``max_words`` words or ``max_chars`` characters
 truncated      generation stopped at ``max_new_tokens`` instead of ending the caption
 multiline      more than one line (captions are one line; a second one is commentary)
 refusal        "I'm sorry", "As an AI", "I cannot ..."
-chatter        assistant voice ("Sure!", "Here's the rewrite", "Let me know ...") or prompt echo
-               ("no objects detected", "the caption")
-injection      the rewrite follows or repeats an instruction hidden in the caption (see below)
-language       another writing system, or a clearly different Latin-script language (:mod:`.language`)
+chatter        assistant voice ("Sure!", "Let me know ..."), prompt echo ("no objects detected"), or a
+               first/second person the caption does not use ("I see a dog", "your cat")
+injection      the rewrite repeats an instruction or uses words only the caption's instruction spans
+               support, in any language (:mod:`.injection`)
+language       another writing system, or a confidently identified other language (:mod:`.language`)
 no_content     no content word at all ("A photo.")
-ungrounded     keeps none of the caption's content words while adding words neither the caption nor the
-               objects support
+number         states a count the caption does not ("two dogs" -> "three dogs") (:mod:`.facts`)
+negation       negates what the caption asserts, or asserts what it negates
+relation       swaps the two sides of a relation ("a cat on a sofa" -> "a sofa on a cat"), or relates
+               two caption words in a way the caption does not ("... on the floor looking at the camera" ->
+               "on a camera")
+ungrounded     keeps none of the caption's or the objects' content while adding unsupported words
 invented       adds more than ``max_invented`` content words that neither the caption nor the objects
-               support (framing words such as "photo" or "background" excepted): the rewrite may fix,
-               reorder and name detected objects, not add a park or a blue collar nobody saw
+               support
+dropped_objects the caption names what the detector saw, the rewrite names none of it
 =============  =================================================================================
 
-Hidden instructions: a caption span that starts at an English imperative pattern ("ignore previous
-instructions", "you are now", "instead, write") or a sentence that ends in "?" is treated as an
-instruction. Words only that span uses are evidence of obedience: a rewrite that uses one, or that
-contains an instruction pattern itself, is rejected as ``injection``; the rest of the caption is what the
-grounding check compares with. A refusal or chatter already present in the caption is not held against
-the rewrite.
+A rewrite word is *supported* when the caption's descriptive part (not its instruction spans) or an
+object label has it as the same lemma ("sat" = "sitting"), a misspelling of it ("coffe"), a synonym or
+a generalisation of it from WordNet ("couch" for "sofa", "dog" for a detected "Border collie"), a word
+WordNet classifies as a kind of it by age, sex or role ("puppy" for "dog"), a posture verb joining what
+the caption names ("a man *riding* a horse" for "man horse") or framing ("photo", "background"). A
+refusal or chatter already present in the caption is not held against the rewrite.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from datajuicer_ray.text.language import MIN_LETTERS, content_words, same_language
+from datajuicer_ray.text import facts, lexicon
+from datajuicer_ray.text.injection import repeats_instruction, split_instructions
+from datajuicer_ray.text.language import (
+    FRAMING_WORDS,
+    MIN_LETTERS,
+    Word,
+    analyse,
+    analysis_language,
+    digits,
+    key,
+    same_language,
+    words,
+    wordset,
+)
+from datajuicer_ray.text.normalize import SPECIAL_TOKEN_RE, fold
 from datajuicer_ray.text.prompt import CAPTION_TAG_RE, MARKUP_RE, is_control
 
 OK = "ok"
@@ -66,13 +85,11 @@ ROLE_RE = re.compile(
     r"^\s*(?:system|user|assistant|human|ai|bot)\s*:|^\s*#{1,6}\s*(?:instruction|response|system|user|assistant)\b",
     re.IGNORECASE | re.MULTILINE,
 )
-INSTRUCTION_RE = re.compile(
-    r"\b(?:ignore|disregard|forget|override|bypass)\b[^.!?\n]{0,60}?"
-    r"\b(?:instructions?|prompts?|rules|directions|above|previous|prior|everything|context)\b"
-    r"|\byou are (?:now|no longer)\b|\b(?:act|behave) as (?:a|an|if)\b|\bpretend (?:to be|you)\b"
-    r"|\bsystem prompt\b|\bnew instructions?\b"
-    r"|\b(?:instead|now)\s*,?\s+(?:write|say|print|output|respond|reply|tell|translate|answer|list|explain|give)\b",
-    re.IGNORECASE,
+JSON_LEFTOVER_RE = re.compile(r"[{}]|\"\s*(?:caption|objects)\s*\"\s*:", re.IGNORECASE)
+# First and second person (a closed class per language): captions describe a picture in the third person.
+PERSONAL = wordset(
+    "i me my mine you your yours we us our ich mich mir mein meine du dich dir dein deine je moi mon ma "
+    "mes tu toi ton ta tes vous votre vos yo tú usted я мне меня мой моя ты тебя твой"
 )
 _PREAMBLE_RE = re.compile(
     r"^(?:(?:sure|certainly|okay|of course)[,!.]?\s*)?"
@@ -81,12 +98,10 @@ _PREAMBLE_RE = re.compile(
     re.IGNORECASE,
 )
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„": "“", "「": "」"}
-_SENTENCE_RE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
-
 
 # Bump when a rule changes what the guard accepts: it is part of the run fingerprint, so a resume after a
 # guard change is refused instead of mixing rows judged by two guards.
-GUARD_VERSION = "guard-v1"
+GUARD_VERSION = "guard-v2"
 
 
 @dataclass(frozen=True)
@@ -94,11 +109,15 @@ class GuardSettings:
     max_words: int = 60
     max_chars: int = 600
     max_invented: int = 0
+    # The rewrite model's own special tokens (its tokenizer's list), rejected as markup where they appear.
+    special_tokens: tuple[str, ...] = ()
 
     @classmethod
-    def for_words(cls, max_words: int, max_invented: int = 0) -> GuardSettings:
+    def for_words(
+        cls, max_words: int, max_invented: int = 0, special_tokens: Sequence[str] = ()
+    ) -> GuardSettings:
         # ~10 characters a word leaves room for long words and for scripts written without spaces.
-        return cls(max_words=max_words, max_chars=10 * max_words, max_invented=max_invented)
+        return cls(max_words, 10 * max_words, max_invented, tuple(special_tokens))
 
 
 @dataclass(frozen=True)
@@ -118,21 +137,6 @@ def clean(candidate: str) -> str:
     return text
 
 
-def split_instructions(caption: str) -> tuple[str, str]:
-    """(the caption without its hidden instructions, the instructions)."""
-    keep, instr = [], []
-    for sentence in _SENTENCE_RE.findall(caption):
-        match = INSTRUCTION_RE.search(sentence)
-        if match:
-            keep.append(sentence[: match.start()])
-            instr.append(sentence[match.start() :])
-        elif sentence.rstrip().endswith("?"):
-            instr.append(sentence)
-        else:
-            keep.append(sentence)
-    return " ".join(keep), " ".join(instr)
-
-
 def judge(
     candidate: str | None,
     caption: str | None,
@@ -142,18 +146,19 @@ def judge(
 ) -> Verdict:
     """Accept or reject one rewrite of ``caption`` (with detected object ``labels``)."""
     text = clean(candidate or "")
-    reason = first_failure(text, caption or "", labels, settings, truncated)
+    reason = surface_failure(text, caption or "", settings, truncated) or meaning_failure(
+        text, caption or "", labels, settings.max_invented
+    )
     return Verdict(None, REJECTED + reason) if reason else Verdict(text, OK)
 
 
-def first_failure(
-    text: str, caption: str, labels: Sequence[str], settings: GuardSettings, truncated: bool
-) -> str | None:
+def surface_failure(text: str, caption: str, settings: GuardSettings, truncated: bool) -> str | None:
+    """What is wrong with the rewrite as a string, before its meaning is compared."""
     if not any(ch.isalnum() for ch in text):
         return "empty"
     if any(is_control(ch) for ch in text):
         return "control_chars"
-    if MARKUP_RE.search(text) or CAPTION_TAG_RE.search(text) or ROLE_RE.search(text):
+    if is_markup(text, settings.special_tokens):
         return "markup"
     if len(text.split()) > settings.max_words or len(text) > settings.max_chars:
         return "too_long"
@@ -165,44 +170,160 @@ def first_failure(
         return "refusal"
     if CHATTER_RE.search(text) and not CHATTER_RE.search(caption):
         return "chatter"
-    content, instructions = split_instructions(caption)
-    if obeys(text, content, instructions, labels):
+    if (set(words(fold(text))) & PERSONAL) - set(words(fold(caption))):
+        return "chatter"
+    return None
+
+
+def is_markup(text: str, special_tokens: Sequence[str] = ()) -> bool:
+    return bool(
+        MARKUP_RE.search(text)
+        or CAPTION_TAG_RE.search(text)
+        or ROLE_RE.search(text)
+        or SPECIAL_TOKEN_RE.search(text)
+        or JSON_LEFTOVER_RE.search(text)
+        or any(t and t in text for t in special_tokens)
+    )
+
+
+def meaning_failure(text: str, caption: str, labels: Sequence[str], max_invented: int) -> str | None:
+    """What the rewrite says that the caption and the objects do not."""
+    lang = analysis_language(caption, text)
+    split = split_instructions(caption, lang)
+    if repeats_instruction(text, lang) or obeys(text, split.content, split.instructions, labels, lang):
         return "injection"
-    reference = caption if sum(ch.isalpha() for ch in caption) >= MIN_LETTERS else " ".join(labels)
+    # The language a rewrite must keep is the description's, not that of an instruction written after it.
+    reference = next(
+        (t for t in (split.content, caption) if sum(ch.isalpha() for ch in t) >= MIN_LETTERS),
+        " ".join(labels),
+    )
     if not same_language(text, reference):
         return "language"
-    return grounding_failure(text, content, labels, settings.max_invented)
+    rw = analyse(digits(text, lang), lang)
+    cw = analyse(digits(split.content, lang), lang)
+    if not any(w.content and w.text not in FRAMING_WORDS for w in rw):
+        return "no_content"
+    if facts.number_change(digits(text, lang), digits(split.content, lang)):
+        return "number"
+    if facts.negation_change(text, rw, split.content, cw):
+        return "negation"
+    if facts.relation_swap(rw, cw) or facts.new_relation(rw, cw):
+        return "relation"
+    return grounding_failure(rw, cw, labels, lang, max_invented)
 
 
-def obeys(text: str, content: str, instructions: str, labels: Sequence[str]) -> bool:
-    """True if ``text`` repeats an instruction or uses words only the hidden instructions use."""
-    if INSTRUCTION_RE.search(text):
-        return True
+def obeys(text: str, content: str, instructions: str, labels: Sequence[str], lang: str = "en") -> bool:
+    """True if ``text`` uses a content word that only the caption's instruction spans use."""
     if not instructions:
         return False
-    only_instructed = content_words(instructions) - content_words(content) - content_words(" ".join(labels))
-    return bool(content_words(text) & only_instructed)
+    said = {w.key for w in analyse(fold(text), lang) if w.content}
+    only_instructed = _keys(instructions, lang) - _keys(fold(content), lang) - _keys(" ".join(labels), lang)
+    return bool(said & only_instructed)
 
 
-def grounding_failure(text: str, content: str, labels: Sequence[str], max_invented: int = 0) -> str | None:
-    words = content_words(text)
-    if not words:
-        return "no_content"
-    original = content_words(content)
-    objects = content_words(" ".join(labels))
-    kept = words & (original or objects)
-    unsupported = words - original - objects
+def _keys(text: str, lang: str) -> set[str]:
+    return {w.key for w in analyse(text, lang) if w.content}
+
+
+@dataclass
+class Support:
+    """What a rewrite may say, given the caption's description and the object labels."""
+
+    direct: set[str]  # keys of the caption's and the labels' own words
+    broader: set[str]  # keys of their synonyms and generalisations
+    lemmas: set[str]  # their lemmas and phrases, for "refines" (puppy -> dog)
+    misspelled: set[str]  # caption words no dictionary knows: a rewrite may correct their spelling
+    objects: set[str]  # keys of the labels' words (direct and broader)
+
+
+def support_of(cw: Sequence[Word], labels: Sequence[str], lang: str) -> Support:
+    label_words = [w for label in labels for w in analyse(label, "en") if w.content]
+    own = [w for w in cw if w.content] + label_words
+    names = {w.lemma for w in own} | {w.text for w in own}
+    phrases = names | _phrases(cw) | _label_phrases(labels)
+    label_keys = {w.key for w in label_words} | _broader_keys(
+        _label_phrases(labels) | {w.lemma for w in label_words}
+    )
+    misspelled = {
+        w.text for w in cw if w.content and not lexicon.known(w.lemma) and not lexicon.known(w.text)
+    }
+    direct = {w.key for w in own} | _compounds(cw)
+    return Support(direct, _broader_keys(phrases), phrases, misspelled, label_keys)
+
+
+def _broader_keys(phrases: set[str]) -> set[str]:
+    """Keys of what ``phrases`` generalise to; of a many-word name only its head ("shepherd dog" -> dog), so
+    "green goods" (a sense of apple) does not lend "green" to an apple."""
+    return {key(b.split()[-1], "en") for p in phrases for b in lexicon.broader(p)}
+
+
+def _compounds(ws: Sequence[Word]) -> set[str]:
+    """Two neighbouring words written as one ("lift off" -> "liftoff")."""
+    return {key(a.text + b.text, "en") for a, b in zip(ws, ws[1:]) if a.content or b.content}
+
+
+def _phrases(ws: Sequence[Word]) -> set[str]:
+    """Two- and three-word lemma sequences ("hot dog", "border collie") that WordNet knows."""
+    out = set()
+    for n in (2, 3):
+        for i in range(len(ws) - n + 1):
+            phrase = " ".join(w.lemma for w in ws[i : i + n])
+            if lexicon.known(phrase):
+                out.add(phrase)
+    return out
+
+
+def _label_phrases(labels: Sequence[str]) -> set[str]:
+    """An ImageNet label is a list of names ("tabby, tabby cat"): each name, whole, in lower case."""
+    return {name.strip().lower() for label in labels for name in label.split(",") if name.strip()}
+
+
+def is_supported(w: Word, s: Support) -> bool:
+    if w.key in s.direct or w.key in s.broader or w.text in FRAMING_WORDS or facts.is_light(w):
+        return True
+    if (lexicon.refined(w.lemma) | lexicon.refined(w.text)) & s.lemmas:
+        return True
+    return any(is_misspelling(m, w.text) for m in s.misspelled)
+
+
+def is_misspelling(wrong: str, right: str) -> bool:
+    """``wrong`` is ``right`` misspelt: same first letter, and one edit (two from 6 letters on) apart,
+    a swap of neighbours counting as one ("bycicle", "streat", "coffe", "galaxys")."""
+    if wrong[:1] != right[:1] or min(len(wrong), len(right)) < 4:
+        return False
+    allowed = 2 if len(right) >= 6 else 1
+    return abs(len(wrong) - len(right)) <= allowed and _edits(wrong, right) <= allowed
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def grounding_failure(
+    rw: Sequence[Word], cw: Sequence[Word], labels: Sequence[str], lang: str, max_invented: int = 0
+) -> str | None:
+    s = support_of(cw, labels, lang)
+    said = [w for w in rw if w.content]
+    unsupported = {w.key for w in said if not is_supported(w, s)}
+    kept = {w.key for w in said if w.key in s.direct or w.key in s.broader} or {
+        w.key for w in said if is_supported(w, s) and not facts.is_light(w)
+    }
     if not kept and unsupported:
         return "ungrounded"
-    # A corrected spelling ("coffe" -> "coffee", "galaxys" -> "galaxies") is the caption's word, not a new one.
-    invented = {
-        w for w in unsupported - FRAMING_WORDS if not difflib.get_close_matches(w, original | objects, 1, 0.8)
-    }
-    return "invented" if len(invented) > max_invented else None
-
-
-# Words a rewrite may add without inventing content: how the picture is framed, not what is in it.
-FRAMING_WORDS = content_words(
-    "photo photograph image picture view close closeup shot scene background foreground front side top "
-    "bottom left right middle center centre"
-)
+    if len(unsupported) > max_invented:
+        return "invented"
+    caption_objects = {w.key for w in cw if w.content} & s.objects
+    if caption_objects and not {w.key for w in said} & s.objects:
+        return "dropped_objects"
+    return None

@@ -12,6 +12,12 @@ CPU backend (:mod:`.rows`, :mod:`.prompt`); our postprocess runs the same guard.
 - Every row must carry the same keys through the row-wise maps, so the preprocess adds placeholders
   ("") and :func:`finalize` turns them into nulls, restores the input's columns (names recorded per
   row in ``_rw_columns``) and their contract types (a round trip through Python widens int16/float32).
+- Structured output: the vLLM stage turns ``sampling_params["structured_outputs"]`` into vLLM's
+  ``StructuredOutputsParams`` (``ray/llm/_internal/batch/stages/vllm_engine_stage.py``), so guided decoding
+  holds the answer to :data:`~.prompt.ANSWER_SCHEMA`; the schema travels as a JSON string, since a nested
+  dict in a row would become an Arrow struct. The HTTP payload asks for the same schema through the
+  OpenAI ``response_format`` (vLLM's server, OpenAI, llama.cpp and others honour it); an endpoint that
+  ignores it still has its answer parsed, and one that is not JSON becomes ``failed:unparsable``.
 
 vLLM is not installed with the default (CPU) environment: it lives in the ``vllm`` extra and the GPU
 image. The processor configs here are pydantic models that build without it.
@@ -33,11 +39,14 @@ from datajuicer_ray.config import CurateConfig, RewriteConfig
 from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.text.guard import OK, GuardSettings
 from datajuicer_ray.text.models import BUILTINS, describe, resolve
+from datajuicer_ray.text.prompt import ANSWER_SCHEMA, special_tokens
 from datajuicer_ray.text.rows import (
+    CANDIDATE_COL,
     FAILED,
     REWRITTEN_COL,
     STATUS_COL,
     Generation,
+    Outcome,
     RowPlan,
     attach,
     failure_status,
@@ -55,7 +64,8 @@ LABELS_COL = "_rw_labels"
 # Transient endpoint errors (429/502/503/504, timeouts) are retried with exponential backoff.
 HTTP_MAX_RETRIES = 3
 _PLACEHOLDER_MESSAGES = [{"role": "user", "content": ""}]  # same shape as a real prompt; never sent
-_OWN_COLUMNS = {REWRITTEN_COL, STATUS_COL, COLUMNS_COL, CAPTION_COL, LABELS_COL, ERROR_COL}
+_OWN_COLUMNS = {REWRITTEN_COL, STATUS_COL, CANDIDATE_COL, COLUMNS_COL, CAPTION_COL, LABELS_COL, ERROR_COL}
+_SCHEMA_JSON = json.dumps(ANSWER_SCHEMA, sort_keys=True)
 _CONTRACT_TYPES = {f.name: f.type for f in output_schema(None)}
 
 
@@ -64,6 +74,19 @@ _CONTRACT_TYPES = {f.name: f.type for f in output_schema(None)}
 
 def sampling_params(rewrite: RewriteConfig) -> dict[str, Any]:
     return {"temperature": float(rewrite.temperature), "max_tokens": int(rewrite.max_new_tokens)}
+
+
+def vllm_sampling_params(rewrite: RewriteConfig) -> dict[str, Any]:
+    """vLLM sampling parameters with guided decoding to the answer schema."""
+    return {**sampling_params(rewrite), "structured_outputs": {"json": _SCHEMA_JSON}}
+
+
+def response_format() -> dict[str, Any]:
+    """The OpenAI ``response_format`` asking an endpoint for the answer schema."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "caption", "strict": True, "schema": ANSWER_SCHEMA},
+    }
 
 
 def engine_kwargs(rewrite: RewriteConfig) -> dict[str, Any]:
@@ -160,12 +183,18 @@ def preprocess(row: dict[str, Any], *, rewrite: RewriteConfig, backend: str) -> 
         ERROR_COL: SKIP_MARK + plan.skip if plan.skip else "",
         REWRITTEN_COL: "",
         STATUS_COL: "",
+        CANDIDATE_COL: "",
     }
     if backend == "vllm":
         out["messages"] = messages
-        out["sampling_params"] = sampling_params(rewrite)
+        out["sampling_params"] = vllm_sampling_params(rewrite)
     else:
-        out["payload"] = {"model": rewrite.model, "messages": messages, **sampling_params(rewrite)}
+        out["payload"] = {
+            "model": rewrite.model,
+            "messages": messages,
+            "response_format": response_format(),
+            **sampling_params(rewrite),
+        }
     return out
 
 
@@ -194,34 +223,48 @@ def postprocess(row: dict[str, Any], *, rewrite: RewriteConfig, backend: str) ->
     try:
         gen = vllm_generation(row, rewrite) if backend == "vllm" else http_generation(row)
         plan = RowPlan(caption=row.get(CAPTION_COL) or "", labels=json.loads(row.get(LABELS_COL) or "[]"))
-        text, status = settle(
-            plan, gen, GuardSettings.for_words(rewrite.max_words, rewrite.max_invented_words)
-        )
+        outcome = settle(plan, gen, guard_settings(rewrite))
     except Exception as err:
         log.warning("rewrite: postprocess failed: %r", err)
-        text, status = None, f"{FAILED}postprocess_{type(err).__name__}"
-    return {**row, REWRITTEN_COL: text or "", STATUS_COL: status}
+        outcome = Outcome(None, f"{FAILED}postprocess_{type(err).__name__}")
+    return {
+        **row,
+        REWRITTEN_COL: outcome.text or "",
+        STATUS_COL: outcome.status,
+        CANDIDATE_COL: outcome.candidate or "",
+    }
 
 
-def _row_result(error: str | None, text: str | None, status: str | None) -> tuple[str | None, str]:
+def guard_settings(rewrite: RewriteConfig) -> GuardSettings:
+    tokenizer = caption_tokenizer(rewrite.model, rewrite.revision)
+    return GuardSettings.for_words(rewrite.max_words, rewrite.max_invented_words, special_tokens(tokenizer))
+
+
+def _row_result(error: str | None, text: str | None, status: str | None, candidate: str | None) -> Outcome:
     if error and error.startswith(SKIP_MARK):
-        return None, error[len(SKIP_MARK) :]
+        return Outcome(None, error[len(SKIP_MARK) :])
     if error:
-        return None, failure_status(error)
+        return Outcome(None, failure_status(error))
     if not status:
-        return None, FAILED + "no_output"
-    return (text or None) if status == OK else None, status
+        return Outcome(None, FAILED + "no_output")
+    if status == OK:
+        return Outcome(text or None, status)
+    return Outcome(None, status, candidate or None)
 
 
 def finalize(table: pa.Table) -> pa.Table:
-    """Back to the input's columns and types, plus ``caption_rewritten`` and ``rewrite_status``."""
+    """Back to the input's columns and types, plus ``caption_rewritten``, ``rewrite_status`` and
+    ``rewrite_candidate``."""
     if table.num_rows == 0 or COLUMNS_COL not in table.column_names:
         return table
     names = table.column_names
     errors = table.column(ERROR_COL).to_pylist() if ERROR_COL in names else [None] * table.num_rows
     texts = table.column(REWRITTEN_COL).to_pylist()
     statuses = table.column(STATUS_COL).to_pylist()
-    results = [_row_result(e, t, s) for e, t, s in zip(errors, texts, statuses, strict=True)]
+    candidates = (
+        table.column(CANDIDATE_COL).to_pylist() if CANDIDATE_COL in names else [None] * table.num_rows
+    )
+    results = [_row_result(*r) for r in zip(errors, texts, statuses, candidates, strict=True)]
     columns = json.loads(table.column(COLUMNS_COL)[0].as_py())
     return attach(_contract_types(table.select(columns)), results)
 

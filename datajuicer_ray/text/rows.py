@@ -6,9 +6,12 @@ rewritten from its objects alone when it has any, and otherwise skipped as ``ski
 Otherwise the caption is sanitized and cut to ``rewrite.max_caption_tokens`` tokens
 (:mod:`.prompt`) and the chat messages are built.
 
-Output side (:func:`settle`): a generation that raised becomes ``failed:<reason>``; an answer goes
-through the guard (:mod:`.guard`) and becomes ``ok`` or ``rejected:<reason>``. Only ``ok`` rows carry
-``caption_rewritten``; every row keeps all its other columns.
+Output side (:func:`settle`): a generation that raised becomes ``failed:<reason>``; an answer that is not
+a ``{"caption": "..."}`` object becomes ``failed:unparsable`` (``rejected:truncated`` if it hit
+``max_new_tokens``); a parsed caption goes through the guard (:mod:`.guard`) and becomes ``ok`` or
+``rejected:<reason>``. Only ``ok`` rows carry ``caption_rewritten``; rejected and unparsable rows keep what
+the model wrote in ``rewrite_candidate`` (the parsed caption, or the raw answer), so a person can see why.
+Every row keeps all its other columns.
 """
 
 from __future__ import annotations
@@ -21,11 +24,20 @@ from typing import Any
 import pyarrow as pa
 
 from datajuicer_ray.config import RewriteConfig
-from datajuicer_ray.text.guard import GuardSettings, judge
-from datajuicer_ray.text.prompt import Tokenizer, build_messages, sanitize_caption, truncate_tokens
+from datajuicer_ray.text.guard import OK, GuardSettings, judge
+from datajuicer_ray.text.prompt import (
+    Tokenizer,
+    build_messages,
+    parse_answer,
+    sanitize_caption,
+    special_tokens,
+    truncate_tokens,
+)
 
 REWRITTEN_COL = "caption_rewritten"
 STATUS_COL = "rewrite_status"
+CANDIDATE_COL = "rewrite_candidate"
+UNPARSABLE = "failed:unparsable"
 SKIPPED = "skipped:"
 FAILED = "failed:"
 NO_CAPTION = SKIPPED + "no_caption"
@@ -48,6 +60,18 @@ class Generation:
     truncated: bool = False
     error: str | None = None
     tokens: int = 0
+    # The answer was started for the model with prompt.ANSWER_PREFIX (already included in ``text``): a
+    # missing closing '"}' after a generation that ended by itself is tolerated.
+    prefilled: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one row ends up with."""
+
+    text: str | None  # caption_rewritten
+    status: str  # rewrite_status
+    candidate: str | None = None  # rewrite_candidate: the model's text when it was not accepted
 
 
 def objects_of(value: Any) -> list[tuple[str, float]]:
@@ -68,7 +92,9 @@ def plan_row(
     if status != "ok":
         return RowPlan(caption="", skip=f"{SKIPPED}{status or 'unknown'}")
     pairs = objects_of(objects)
-    text = truncate_tokens(sanitize_caption(caption), rewrite.max_caption_tokens, tokenizer)
+    text = truncate_tokens(
+        sanitize_caption(caption, special_tokens(tokenizer)), rewrite.max_caption_tokens, tokenizer
+    )
     labels = [label for label, _ in pairs]
     if not text and not pairs:
         return RowPlan(caption="", skip=NO_CAPTION)
@@ -95,23 +121,32 @@ def failure_status(error: str) -> str:
     return FAILED + (_REASON_RE.sub("_", head)[:60] or "error")
 
 
-def settle(plan: RowPlan, gen: Generation | None, settings: GuardSettings) -> tuple[str | None, str]:
-    """``(caption_rewritten, rewrite_status)`` of one row."""
+def settle(plan: RowPlan, gen: Generation | None, settings: GuardSettings) -> Outcome:
+    """What one row ends up with: the accepted rewrite, or the status and the text that was not accepted."""
     if plan.skip:
-        return None, plan.skip
+        return Outcome(None, plan.skip)
     if gen is None:
-        return None, FAILED + "no_output"
+        return Outcome(None, FAILED + "no_output")
     if gen.error is not None:
-        return None, failure_status(gen.error)
-    verdict = judge(gen.text, plan.caption, plan.labels, settings, gen.truncated)
-    return verdict.text, verdict.status
+        return Outcome(None, failure_status(gen.error))
+    raw = gen.text or ""
+    answer = parse_answer(raw, lenient=gen.prefilled and not gen.truncated)
+    if answer is None:
+        # A cut-off answer does not parse either; "truncated" says why.
+        return Outcome(None, "rejected:truncated" if gen.truncated else UNPARSABLE, raw or None)
+    verdict = judge(answer, plan.caption, plan.labels, settings, gen.truncated)
+    if verdict.status == OK:
+        return Outcome(verdict.text, OK)
+    return Outcome(None, verdict.status, answer)
 
 
-def attach(table: pa.Table, results: Sequence[tuple[str | None, str]]) -> pa.Table:
-    """``table`` with ``caption_rewritten`` and ``rewrite_status`` (replacing any from an earlier run)."""
+def attach(table: pa.Table, results: Sequence[Outcome]) -> pa.Table:
+    """``table`` with ``caption_rewritten``, ``rewrite_status`` and ``rewrite_candidate`` (replacing any from
+    an earlier run)."""
     if len(results) != table.num_rows:
         raise AssertionError(f"rewrite: {len(results)} results for {table.num_rows} rows")
-    keep = [n for n in table.column_names if n not in (REWRITTEN_COL, STATUS_COL)]
+    keep = [n for n in table.column_names if n not in (REWRITTEN_COL, STATUS_COL, CANDIDATE_COL)]
     out = table.select(keep)
-    out = out.append_column(REWRITTEN_COL, pa.array([t for t, _ in results], pa.string()))
-    return out.append_column(STATUS_COL, pa.array([s for _, s in results], pa.string()))
+    out = out.append_column(REWRITTEN_COL, pa.array([r.text for r in results], pa.string()))
+    out = out.append_column(STATUS_COL, pa.array([r.status for r in results], pa.string()))
+    return out.append_column(CANDIDATE_COL, pa.array([r.candidate for r in results], pa.string()))

@@ -1,9 +1,11 @@
 """The text branch as one stage of the curation pipeline, and what ``_run.json`` records about it.
 
 :func:`add_rewrite_stage` takes the pipeline's dataset (columns ``key``, ``caption``, ``objects``,
-``status``, and any others, which pass through unchanged) and adds two columns:
+``status``, and any others, which pass through unchanged) and adds three columns:
 
 - ``caption_rewritten`` (string, null): the accepted rewrite; null unless ``rewrite_status`` is ``ok``.
+- ``rewrite_candidate`` (string, null): what the model wrote when it was not accepted (``rejected:*`` and
+  ``failed:unparsable``), for a person to see why; null otherwise.
 - ``rewrite_status`` (string):
 
   ``ok``                 rewritten, and the guard accepted it
@@ -11,7 +13,8 @@
   ``skipped:no_caption`` null or blank caption and no objects: nothing to rewrite from (a row with
                          objects but no caption is rewritten from its objects alone)
   ``rejected:<reason>``  the model answered, the guard refused it (:mod:`.guard` lists the reasons)
-  ``failed:<reason>``    generation raised or the endpoint answered with an error
+  ``failed:<reason>``    generation raised, the endpoint answered with an error, or the answer is not the
+                         JSON object asked for (``failed:unparsable``)
 
 Rows are never dropped or duplicated, and one bad output never fails a batch. ``rewrite.enabled=false``
 (``disabled``) and ``rewrite.only=true`` are the pipeline's business, not this stage's.
@@ -24,7 +27,13 @@ from typing import Any
 
 from datajuicer_ray.config import CurateConfig
 from datajuicer_ray.text.guard import GuardSettings
-from datajuicer_ray.text.llm_processors import apply_llm_processor, engine_kwargs, sampling_params
+from datajuicer_ray.text.llm_processors import (
+    apply_llm_processor,
+    engine_kwargs,
+    response_format,
+    sampling_params,
+    vllm_sampling_params,
+)
 from datajuicer_ray.text.models import BUILTINS, SMOLLM2, SMOLLM2_ID, describe, resolve
 from datajuicer_ray.text.prompt import PROMPT_VERSION, prompt_hash, system_message
 from datajuicer_ray.text.transformers_backend import TransformersRewriter
@@ -74,8 +83,9 @@ def rewrite_run_info(cfg: CurateConfig) -> dict[str, Any]:
     if r.backend == "vllm":
         info["engine_kwargs"] = engine_kwargs(r)
         info["concurrency"] = r.concurrency
-        info["sampling_params"] = sampling_params(r)
+        info["sampling_params"] = vllm_sampling_params(r)
     elif r.backend == "http":
         info["url"] = r.url
         info["sampling_params"] = sampling_params(r)
+        info["response_format"] = response_format()
     return info

@@ -5,6 +5,12 @@ pyarrow batch to a pyarrow batch), so the stage hands it to ``map_batches`` and 
 Prompts of one batch are generated together with left padding (a decoder-only model continues from
 the right end, so padding goes left and the attention mask hides it). If a batch raises, its rows are
 retried one by one so that a single bad row costs only itself: ``failed:<exception name>``.
+
+The answer is started for the model: the prompt ends with :data:`~.prompt.ANSWER_PREFIX` (``{"caption": "``)
+after the chat template's generation prompt, so even a 135M model writes inside the JSON object it was
+asked for (the CPU path's stand-in for vLLM's guided decoding). Captions reach the prompt without any of
+the tokenizer's special tokens (:func:`~.prompt.sanitize_caption`), so parsing the template's own special
+tokens cannot turn caption text into one.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import pyarrow as pa
 from datajuicer_ray.config import RewriteConfig
 from datajuicer_ray.text.guard import GuardSettings
 from datajuicer_ray.text.models import load_causal_lm
+from datajuicer_ray.text.prompt import ANSWER_PREFIX, special_tokens
 from datajuicer_ray.text.rows import Generation, RowPlan, attach, plan_table, settle
 
 log = logging.getLogger(__name__)
@@ -31,8 +38,10 @@ class TransformersRewriter:
             # Ray sets OMP_NUM_THREADS for actors, but torch may have read it before; say it again.
             torch.set_num_threads(num_threads)
         self.rewrite = rewrite
-        self.settings = GuardSettings.for_words(rewrite.max_words, rewrite.max_invented_words)
         self.model, self.tokenizer, self.source = load_causal_lm(rewrite.model, rewrite.revision)
+        self.settings = GuardSettings.for_words(
+            rewrite.max_words, rewrite.max_invented_words, special_tokens(self.tokenizer)
+        )
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         # Counters a benchmark reads; not part of the output.
         self.generated_tokens = 0
@@ -64,7 +73,7 @@ class TransformersRewriter:
         import torch
 
         texts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + ANSWER_PREFIX
             for c in conversations
         ]
         # The chat template already wrote the special tokens it needs.
@@ -89,8 +98,10 @@ class TransformersRewriter:
     def _decode(self, ids: list[int]) -> Generation:
         end = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
         kept = ids if end is None else ids[:end]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Generation(text=text, truncated=end is None, tokens=len(kept) + (end is not None))
+        text = ANSWER_PREFIX + self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Generation(
+            text=text, truncated=end is None, tokens=len(kept) + (end is not None), prefilled=True
+        )
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
