@@ -13,11 +13,8 @@ an HTTP endpoint) and never create, change or delete anything.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,43 +402,8 @@ def column_problems(probes: list[Probe], cols: ColumnsConfig, fmt: str) -> list[
 
 
 def endpoint_problems(r: RewriteConfig, timeout: float = ENDPOINT_TIMEOUT_S) -> list[Problem]:
-    """One tiny chat request (1 token): an endpoint that is down must fail the job now, naming rewrite.url,
-    not after an hour of scoring. Nothing of the request or the data goes into the message."""
-    body = {"model": r.model, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get(r.api_key_env) if r.api_key_env else None
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(str(r.url), json.dumps(body).encode(), headers, method="POST")
-    # No proxy from the environment: the job's HTTP client (aiohttp) does not use one either.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=timeout) as resp:
-            resp.read(1 << 16)
-        return []
-    except urllib.error.HTTPError as err:
-        return [
-            Problem("rewrite.url", f"{r.url} answered HTTP {err.code} {err.reason}", _http_fix(err.code, r))
-        ]
-    except ValueError:
-        return [Problem("rewrite.url", f"{r.url!r} is not an http(s) URL", "give the endpoint's full URL")]
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", None) or err
-        return [
-            Problem(
-                "rewrite.url",
-                f"{r.url} did not answer a test request ({reason}; timeout {timeout:g} s)",
-                "start the endpoint, or fix rewrite.url (e.g. http://host:8000/v1/chat/completions)",
-            )
-        ]
+    """An endpoint that is down must fail the job now, naming rewrite.url, not after an hour of scoring."""
+    from datajuicer_ray.text.endpoint import endpoint_error
 
-
-def _http_fix(code: int, r: RewriteConfig) -> str:
-    if code in (401, 403):
-        return f"set ${r.api_key_env} (rewrite.api_key_env) to a key the endpoint accepts"
-    if code in (404, 405):
-        return (
-            "rewrite.url must be the OpenAI-compatible chat-completions URL (…/v1/chat/completions) "
-            f"and rewrite.model ({r.model}) a model it serves"
-        )
-    return "check the endpoint's logs"
+    found = endpoint_error(r, timeout)
+    return [] if found is None else [Problem("rewrite.url", *found)]
