@@ -84,7 +84,7 @@ def measure_variable(
     """Fixed retention (every row ``keep`` patches) against mass retention's varied counts with the same mean
     (uniform over keep*(1-spread)..keep*(1+spread), deterministic), same batch, alternated."""
     torch.manual_seed(0)
-    model = KeptPatchCLIP(create_model(MODEL)).train()
+    model = KeptPatchCLIP(create_model(MODEL), buckets=buckets).train()
     optimizer = make_optimizer(model.clip, 5e-4, 0.2)
     loss_fn = ClipLoss()
     images = torch.randn(batch, 3, 224, 224)
@@ -185,7 +185,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small batch, few reps (under ~3 min)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    ap.add_argument(
+        "--buckets",
+        default=None,
+        help="only the mass-vs-fixed step rate, at these bucket counts (e.g. 1,2,4,8) and --batch",
+    )
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
+    if args.buckets:
+        for buckets in (int(b) for b in args.buckets.split(",")):
+            fixed, varied = measure_variable(args.batch, args.reps, 98, buckets=buckets)
+            ratio = statistics.median([f / v for f, v in zip(fixed, varied)])
+            print(
+                f"batch {args.batch}, {buckets} buckets: fixed {_spread(fixed)}; mass {_spread(varied)}; rate {ratio:.3f}"
+            )
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {MODEL}")
     rows = run(args.quick)
     for r in rows:

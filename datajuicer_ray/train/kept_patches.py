@@ -151,14 +151,15 @@ class KeptPatchCLIP(nn.Module):
     The CLIP sits in ``.clip`` so checkpoints save ``.clip.state_dict()``, a stock open_clip state dict.
     """
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: nn.Module, buckets: int = 4) -> None:
         super().__init__()
         install(clip)
         self.clip = clip
+        self.buckets = buckets  # length buckets for rows of different kept counts (encode_image_kept)
 
     def forward(
         self, images: torch.Tensor, text: torch.Tensor, patch_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image_features = encode_image_kept(self.clip, images, patch_index)
+        image_features = encode_image_kept(self.clip, images, patch_index, buckets=self.buckets)
         text_features = self.clip.encode_text(text, normalize=True)
         return image_features, text_features, self.clip.logit_scale.exp()
