@@ -79,7 +79,7 @@ def measure(batch: int, reps: int, keep: int) -> tuple[list[float], list[float]]
 
 
 def measure_variable(
-    batch: int, reps: int, keep: int, spread: float = 0.5
+    batch: int, reps: int, keep: int, spread: float = 0.5, buckets: int = 4
 ) -> tuple[list[float], list[float]]:
     """Fixed retention (every row ``keep`` patches) against mass retention's varied counts with the same mean
     (uniform over keep*(1-spread)..keep*(1+spread), deterministic), same batch, alternated."""
