@@ -254,7 +254,7 @@ CASES = {
     ),
     "no command": Case("", 2, ("error: datajuicer-ray: the following arguments are required",)),
     "unknown command": Case("curat x.yaml", 2, ("error: datajuicer-ray: argument command: invalid choice",)),
-    "--version": Case("--version", 0, ("datajuicer_ray 0.1.0", "ray 2.", "torch "), lines=0),
+    "--version": Case("--version", 0, ("datajuicer_ray 0.2.0", "ray 2.", "torch "), lines=0),
     "submit's help names the default it uses": Case(
         "submit --help", 0, ("RAY_API_SERVER_ADDRESS", "$RAY_ADDRESS", "http://127.0.0.1:8265"), lines=0
     ),
