@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from datajuicer_ray.io.schema import OK
+
 
 class Progress:
     """A progress line every few seconds (readable in `ray job logs`, unlike a redrawn bar)."""
@@ -45,7 +47,7 @@ def print_summary(summary: dict, out_path: str, stream=None) -> None:
         f"  ok        {by_status.get('ok', 0):>10}",
     ]
     for status, n in sorted(by_status.items(), key=lambda kv: -kv[1]):
-        if status != "ok":
+        if status != OK:
             lines.append(f"  rejected  {n:>10}  {status}")
     for status, n in sorted(summary.get("by_rewrite_status", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  rewrite   {n:>10}  {status}")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from datajuicer_ray.io.schema import OK, REWRITE_DISABLED, REWRITE_OK
 from datajuicer_ray.report import plots
 from datajuicer_ray.report.assets import CSS, JS
 from datajuicer_ray.report.captions import rejected_block
@@ -50,13 +51,13 @@ def _kpis(r: Report) -> str:
     s, cfg = r.summary, r.run_info.get("config", {})
     by_status = s.get("by_status") or r.stats.by_status
     rows_out = s.get("rows_out", r.stats.rows if r.group_plan.complete else None)
-    rejected = sum(v for k, v in by_status.items() if k != "ok")
-    rewritten = (s.get("by_rewrite_status") or r.stats.by_rewrite_status).get("ok", 0)
+    rejected = sum(v for k, v in by_status.items() if k != OK)
+    rewritten = (s.get("by_rewrite_status") or r.stats.by_rewrite_status).get(REWRITE_OK, 0)
     g = r.geometry
     items = [
         ("rows in", s.get("rows_in", "?")),
         ("rows out", rows_out if rows_out is not None else "?"),
-        ("ok", by_status.get("ok", 0)),
+        (OK, by_status.get(OK, 0)),
         ("rejected", rejected),
         ("rewritten", rewritten),
         ("images / s", s.get("images_per_s", "?")),
@@ -186,9 +187,9 @@ def _thumb(c: Card) -> str:
 
 
 def _card(c: Card, grid: int) -> str:
-    bad = c.status != "ok"
+    bad = c.status != OK
     badges = f'<span class="badge {"bad" if bad else "good"}">{escape(c.status)}</span>'
-    if c.rewrite_status not in ("ok", "disabled"):
+    if c.rewrite_status not in (REWRITE_OK, REWRITE_DISABLED):
         badges += f'<span class="badge bad">rewrite {escape(c.rewrite_status)}</span>'
     if c.kept is not None:
         badges += f'<span class="badge">kept {c.kept}/{grid * grid}</span>'

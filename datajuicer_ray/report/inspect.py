@@ -18,6 +18,7 @@ import fsspec
 import pyarrow as pa
 
 from datajuicer_ray.io.curated import geometry, image_column, read_run_info, read_summary
+from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report import html as page
 from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.groups import GroupPlan, RowGroup, plan, read_group, stream_column
@@ -143,7 +144,7 @@ def make_card(row: dict, size: int, grid: int, images_kept: bool) -> Card:
         card.overlay_uri = data_uri(masked) if masked is not None else None
     except (ImageUnreadable, ValueError) as err:
         # A rejected row's own reason says more than the report's second attempt at decoding it.
-        reason = f"rejected: {card.status}" if card.status != "ok" else f"no picture: {err}"
+        reason = f"rejected: {card.status}" if card.status != OK else f"no picture: {err}"
         card.image_note = _ADDRESS.sub("", reason)
     return card
 

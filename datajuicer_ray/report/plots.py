@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report.stats import TOP_CLASSES, FolderStats
 
 OK_COLOR = "#2f9e44"
@@ -42,7 +43,7 @@ def _short(label: str, width: int = 28) -> str:
 
 
 def _status_color(value: str) -> str:
-    if value == "ok":
+    if value == OK:
         return OK_COLOR
     if value in ("disabled",) or value.startswith("skipped"):
         return GREY

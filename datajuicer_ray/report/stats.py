@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report.groups import GroupPlan, read_group
 
 STAT_COLUMNS = [
@@ -97,7 +98,7 @@ def _add(stats: FolderStats, table: pa.Table) -> None:
         stats.by_status.update(_counts(table["status"]))
     if "rewrite_status" in names:
         stats.by_rewrite_status.update(_counts(table["rewrite_status"]))
-    ok = table.filter(pc.equal(table["status"], "ok")) if "status" in names else table
+    ok = table.filter(pc.equal(table["status"], OK)) if "status" in names else table
     if "objects" in names:
         objects = ok["objects"].combine_chunks()
         lengths = pc.fill_null(pc.list_value_length(objects), 0).to_numpy(zero_copy_only=False)

@@ -44,6 +44,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from datajuicer_ray.io.schema import REWRITE_OK
 from datajuicer_ray.text import facts, lexicon
 from datajuicer_ray.text.injection import repeats_instruction, split_instructions
 from datajuicer_ray.text.language import (
@@ -61,7 +62,7 @@ from datajuicer_ray.text.language import (
 from datajuicer_ray.text.normalize import SPECIAL_TOKEN_RE, fold
 from datajuicer_ray.text.prompt import CAPTION_TAG_RE, MARKUP_RE, is_control
 
-OK = "ok"
+OK = REWRITE_OK  # the row vocabulary lives in io/schema.py
 REJECTED = "rejected:"
 
 _APOS = "['’]"

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from datajuicer_ray.config import RewriteConfig
+from datajuicer_ray.io import schema
 from datajuicer_ray.text.guard import OK, GuardSettings, judge
 from datajuicer_ray.text.prompt import (
     Tokenizer,
@@ -89,7 +90,7 @@ def plan_row(
     rewrite: RewriteConfig,
     tokenizer: Tokenizer | None,
 ) -> RowPlan:
-    if status != "ok":
+    if status != schema.OK:  # the vision branch rejected the row
         return RowPlan(caption="", skip=f"{SKIPPED}{status or 'unknown'}")
     pairs = objects_of(objects)
     text = truncate_tokens(
