@@ -61,21 +61,36 @@ def _step(model, optimizer, loss_fn, images, text, index) -> float:
     return time.perf_counter() - began
 
 
-def measure(batch: int, reps: int, keep: int) -> tuple[list[float], list[float]]:
+def _alternate(batch: int, reps: int, make_index, buckets: int = 4) -> tuple[list[float], list[float]]:
+    """Step times of one model on one batch with two kept-patch index tensors, alternated A B A B ...;
+    ``make_index()`` returns (A, B), each a [batch, L] tensor or None (all patches)."""
     torch.manual_seed(0)
-    model = KeptPatchCLIP(create_model(MODEL)).train()
+    model = KeptPatchCLIP(create_model(MODEL), buckets=buckets).train()
     optimizer = make_optimizer(model.clip, 5e-4, 0.2)
     loss_fn = ClipLoss()
     images = torch.randn(batch, 3, 224, 224)
     text = torch.randint(1, 49407, (batch, 77))
-    index = torch.stack([torch.randperm(196)[:keep].sort().values for _ in range(batch)])
-    _step(model, optimizer, loss_fn, images, text, None)  # warm-up: allocator, first-call dispatch
-    _step(model, optimizer, loss_fn, images, text, index)
-    full, kept = [], []
+    sides = make_index()
+    for index in sides:  # warm-up: allocator, first-call dispatch
+        _step(model, optimizer, loss_fn, images, text, index)
+    a, b = [], []
     for _ in range(reps):
-        full.append(_step(model, optimizer, loss_fn, images, text, None))
-        kept.append(_step(model, optimizer, loss_fn, images, text, index))
-    return full, kept
+        a.append(_step(model, optimizer, loss_fn, images, text, sides[0]))
+        b.append(_step(model, optimizer, loss_fn, images, text, sides[1]))
+    return a, b
+
+
+def _kept(batch: int, counts: list[int]) -> torch.Tensor:
+    """[batch, max(counts)] random kept indices, ascending, padded with -1."""
+    index = torch.full((batch, max(counts)), -1, dtype=torch.long)
+    for row, n in enumerate(counts):
+        index[row, :n] = torch.randperm(196)[:n].sort().values
+    return index
+
+
+def measure(batch: int, reps: int, keep: int) -> tuple[list[float], list[float]]:
+    """All patches against ``keep`` kept patches, same batch."""
+    return _alternate(batch, reps, lambda: (None, _kept(batch, [keep] * batch)))
 
 
 def measure_variable(
@@ -83,25 +98,9 @@ def measure_variable(
 ) -> tuple[list[float], list[float]]:
     """Fixed retention (every row ``keep`` patches) against mass retention's varied counts with the same mean
     (uniform over keep*(1-spread)..keep*(1+spread), deterministic), same batch, alternated."""
-    torch.manual_seed(0)
-    model = KeptPatchCLIP(create_model(MODEL), buckets=buckets).train()
-    optimizer = make_optimizer(model.clip, 5e-4, 0.2)
-    loss_fn = ClipLoss()
-    images = torch.randn(batch, 3, 224, 224)
-    text = torch.randint(1, 49407, (batch, 77))
-    fixed = torch.stack([torch.randperm(196)[:keep].sort().values for _ in range(batch)])
     lo, hi = round(keep * (1 - spread)), round(keep * (1 + spread))
     counts = [round(lo + (hi - lo) * i / max(1, batch - 1)) for i in range(batch)]
-    varied = torch.full((batch, max(counts)), -1, dtype=torch.long)
-    for b, n in enumerate(counts):
-        varied[b, :n] = torch.randperm(196)[:n].sort().values
-    _step(model, optimizer, loss_fn, images, text, fixed)
-    _step(model, optimizer, loss_fn, images, text, varied)
-    a, b = [], []
-    for _ in range(reps):
-        a.append(_step(model, optimizer, loss_fn, images, text, fixed))
-        b.append(_step(model, optimizer, loss_fn, images, text, varied))
-    return a, b
+    return _alternate(batch, reps, lambda: (_kept(batch, [keep] * batch), _kept(batch, counts)), buckets)
 
 
 def _spread(xs: list[float]) -> str:

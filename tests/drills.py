@@ -19,7 +19,14 @@ def drill_corpus(folder: Path, files: int, rows: int) -> set[str]:
     return keys
 
 
-def drill_overrides(inp: Path, out: Path) -> list[str]:
+def drill_overrides(inp: Path, out: Path, *extra: str, on_workers: bool = True) -> list[str]:
+    """A small, slow-enough curation job. ``on_workers``: the scorer actors need a ``scorer_slot`` (only worker
+    nodes have one); else they share one node with small decode tasks."""
+    placement = (
+        ["vision.min_actors=1", "vision.max_actors=2", "vision.resources={scorer_slot: 1}"]
+        if on_workers
+        else ["vision.decode_num_cpus=0.25"]
+    )
     return [
         f"input.path={inp}",
         f"output.path={out}",
@@ -27,11 +34,10 @@ def drill_overrides(inp: Path, out: Path) -> list[str]:
         "vision.batch_size=4",
         "vision.num_gpus=0",
         "vision.num_cpus=0.5",
-        "vision.min_actors=1",
-        "vision.max_actors=2",
-        "vision.resources={scorer_slot: 1}",
+        *placement,
         "input.rows_per_block=4",
         "ray.progress=false",
+        *extra,
     ]
 
 

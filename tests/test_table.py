@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from drills import drill_overrides
 from inputs import img2dataset_parquet
 from tables import committed_inputs, read_keys, read_rows
 
@@ -57,18 +58,7 @@ def corpus(tmp_path) -> tuple[Path, dict[str, int]]:
 
 
 def overrides(inp: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        f"input.path={inp}",
-        f"output.path={out}",
-        "vision.model=tiny-random-dino",
-        "vision.batch_size=4",
-        "vision.num_gpus=0",
-        "vision.num_cpus=0.5",
-        "vision.decode_num_cpus=0.25",
-        "input.rows_per_block=4",
-        "ray.progress=false",
-        *extra,
-    ]
+    return drill_overrides(inp, out, *extra, on_workers=False)
 
 
 def curate_process(inp: Path, out: Path, address: str, *extra: str) -> subprocess.Popen:
