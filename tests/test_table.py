@@ -25,7 +25,9 @@ from datajuicer_ray.io.table import DataFile, InputCommit, OutputTable, input_ap
 from datajuicer_ray.io.writer import data_file_name, delta_stats, to_output_table, write_data_file
 from datajuicer_ray.pipeline import curate
 
-FILES, ROWS = 8, 12
+# Six files a slice: files completed by one streamed batch share a commit, and the killed slice must still
+# have uncommitted files when its first commit lands.
+FILES, ROWS = 12, 12
 
 
 @pytest.fixture(scope="module")
