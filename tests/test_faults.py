@@ -111,6 +111,8 @@ def test_driver_killed_mid_run_then_rerun(cluster, corpus, tmp_path):
 
     if not ray.is_initialized():
         ray.init(address=cluster.address, log_to_driver=False)
+    if not any(n["Alive"] and n["Resources"].get("scorer_slot") for n in ray.nodes()):
+        add_workers(cluster, 1)  # run on its own, this test has no worker node yet
     out = tmp_path / "out"
     config = tmp_path / "job.yaml"
     config.write_text("{}\n")
@@ -122,13 +124,22 @@ def test_driver_killed_mid_run_then_rerun(cluster, corpus, tmp_path):
         str(config),
         *drill_overrides(corpus[0], out),
     ]
-    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    # the driver stops before its second commit until the hold is lifted, and is killed there
+    hold = tmp_path / "drill" / "hold_second_commit"
+    hold.parent.mkdir()
+    hold.touch()
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "DATAJUICER_RAY_DRILL_DIR": str(hold.parent)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_commits(out, 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        wait_for_commits(out, 1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        hold.unlink()
+        if proc.poll() is None:
+            proc.kill()
     finished_before = committed_inputs(out)
-    assert finished_before < FILES, "the driver finished before it could be killed"
+    assert 1 <= finished_before < FILES
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"resuming: {finished_before} of {FILES} input files already committed" in rerun.stdout

@@ -25,27 +25,30 @@ from datajuicer_ray.io.table import DataFile, InputCommit, OutputTable, input_ap
 from datajuicer_ray.io.writer import data_file_name, delta_stats, to_output_table, write_data_file
 from datajuicer_ray.pipeline import curate
 
-# Six files a slice: files completed by one streamed batch share a commit, and the killed slice must still
-# have uncommitted files when its first commit lands.
 FILES, ROWS = 12, 12
 
 
 @pytest.fixture(scope="module")
-def shared_ray():
-    """One Ray for this module whose workers slow the scorer, so a driver can be killed mid-run; the
+def drill_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("drill")
+
+
+@pytest.fixture(scope="module")
+def shared_ray(drill_dir):
+    """One Ray for this module whose drivers read the drill folder, so one can be killed mid-run; the
     drivers under test join it through RAY_ADDRESS as `ray job submit` drivers join a cluster."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    os.environ["DATAJUICER_RAY_SCORER_DELAY_S"] = "0.4"
+    os.environ["DATAJUICER_RAY_DRILL_DIR"] = str(drill_dir)
     ray.init(
         address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-    os.environ.pop("DATAJUICER_RAY_SCORER_DELAY_S", None)
+    os.environ.pop("DATAJUICER_RAY_DRILL_DIR", None)
 
 
 @pytest.fixture()
@@ -87,19 +90,27 @@ def whole_files_only(out: Path, rows_per_file: dict[str, int]) -> Counter:
     return seen
 
 
-def test_two_slices_at_once_one_killed_then_rerun(shared_ray, corpus, tmp_path):
+def test_two_slices_at_once_one_killed_then_rerun(shared_ray, drill_dir, corpus, tmp_path):
     inp, rows_per_file = corpus
     out = tmp_path / "out"
+    # each driver stops before its second commit until the hold is lifted: b is killed there
+    hold = drill_dir / "hold_second_commit"
+    hold.touch()
     a = curate_process(inp, out, shared_ray, "input.shard=0/2")
     b = curate_process(inp, out, shared_ray, "input.shard=1/2")
-    # b is killed (a spot driver node lost) once it has committed something but not everything
-    t0 = time.time()
-    while (not (out / "_delta_log").exists() or _inputs_of_slice(out, 1) < 1) and b.poll() is None:
-        assert time.time() - t0 < 180, "slice 1/2 made no progress"
-        time.sleep(0.2)
-    b.send_signal(signal.SIGKILL)
-    b.wait(timeout=30)
-    assert _inputs_of_slice(out, 1) < FILES // 2, "slice 1/2 finished before it could be killed"
+    try:
+        # b is killed (a spot driver node lost) once it has committed something but not everything
+        t0 = time.time()
+        while _inputs_of_slice(out, 1) < 1 and b.poll() is None:
+            assert time.time() - t0 < 180, "slice 1/2 made no progress"
+            time.sleep(0.2)
+        b.send_signal(signal.SIGKILL)
+        b.wait(timeout=30)
+        assert 1 <= _inputs_of_slice(out, 1) < FILES // 2
+    finally:
+        hold.unlink()
+        if b.poll() is None:
+            b.kill()
     whole_files_only(out, rows_per_file)  # while it is down
     out_a, _ = a.communicate(timeout=300)
     assert a.returncode == 0, out_a[-3000:]

@@ -9,6 +9,9 @@ caller turns it into a row status. Ray applies the same idea to its own readers 
 
 from __future__ import annotations
 
+import os
+import time
+
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 STORAGE_ATTEMPTS = 6
@@ -32,3 +35,13 @@ def storage_retrying(attempts: int = STORAGE_ATTEMPTS) -> Retrying:
         wait=wait_exponential(multiplier=0.2, max=5),
         reraise=True,
     )
+
+
+def hold_for_drill(name: str) -> None:
+    """Fault drills only: wait while ``$DATAJUICER_RAY_DRILL_DIR/<name>`` exists, so a test can kill a
+    process at a known point (tests/test_table.py kills a driver between two commits)."""
+    folder = os.environ.get("DATAJUICER_RAY_DRILL_DIR")
+    if not folder:
+        return
+    while os.path.exists(os.path.join(folder, name)):
+        time.sleep(0.1)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datajuicer_ray.io import schema
-from datajuicer_ray.io.faults import storage_retrying
+from datajuicer_ray.io.faults import hold_for_drill, storage_retrying
 from datajuicer_ray.io.reader import IMAGE_COL, LAST_COL, InputFile
 from datajuicer_ray.io.table import DataFile, InputCommit, OutputTable, filesystem, input_app_id
 
@@ -233,6 +233,8 @@ class Committer:
         """Commit every ready input file in one transaction; returns the file ids committed now."""
         if not self.ready:
             return []
+        if self.committed:
+            hold_for_drill("hold_second_commit")
         commits = {fid: self._commit_for(fid) for fid in self.ready}
         self.ready = []
         landed = {c.app_id for c in self.table.commit(list(commits.values()), self.schema, self.run_id)}
