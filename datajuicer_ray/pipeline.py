@@ -19,14 +19,13 @@ import ray
 from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, CurateConfig, load_curate_config
 from datajuicer_ray.io import curated, reader, schema, writer
-from datajuicer_ray.io.reader import FileReader, InputFile
+from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.sample import write_sample
 from datajuicer_ray.io.table import FingerprintConflict, OutputTable, TableConflict, input_app_id, new_run_id
 from datajuicer_ray.provenance import config_difference, run_record
 from datajuicer_ray.report.console import Progress, print_summary
 from datajuicer_ray.runtime import gpus_available_or_scalable, init_ray
-from datajuicer_ray.vision.decode import Decoder
-from datajuicer_ray.vision.scorer import PatchScorer
+from datajuicer_ray.vision.stage import PatchScorerStage, decode_batch
 
 log = logging.getLogger("datajuicer_ray")
 
@@ -71,22 +70,6 @@ def check_capacity(cfg: CurateConfig, mode: str) -> None:
     log.warning("%s (waiting for the autoscaler to add nodes)", msg)
 
 
-# ----------------------------------------------------------------------------------------------
-# stages as Ray Data operators
-
-
-def _decode(batch, vision):
-    return Decoder(vision)(batch)
-
-
-def _write(batch, out_path, image_column, run_id, uris):
-    return writer.DataFileWriter(out_path, image_column, run_id, uris)(batch)
-
-
-def _read(batch, input_cfg, image_column):
-    yield from FileReader(input_cfg, curated_image_column=image_column)(batch)
-
-
 def scorer_resources(cfg: CurateConfig) -> tuple[float, str]:
     """GPUs per scorer actor: as configured, or (-1, auto) one per actor when the cluster has GPUs or its
     autoscaler can add a node type with GPUs (GPU nodes at 0 workers at start must not mean "score on CPU")."""
@@ -109,7 +92,7 @@ def build_dataset(
     """The lazy pipeline; nothing runs until the driver iterates it."""
     ds = ray.data.from_items(reader.file_items(files), override_num_blocks=max(1, len(files)))
     ds = ds.map_batches(
-        _read,
+        reader.read_files,
         fn_kwargs={"input_cfg": cfg.input, "image_column": image_column if cfg.rewrite.only else None},
         batch_size=1,
         batch_format="numpy",
@@ -121,7 +104,7 @@ def build_dataset(
     on_device = decode_on_device(cfg, num_gpus)
     if not cfg.rewrite.only and not on_device:
         ds = ds.map_batches(
-            _decode,
+            decode_batch,
             fn_kwargs={"vision": cfg.vision},
             batch_size=min(64, cfg.input.rows_per_block),
             batch_format="pyarrow",
@@ -133,7 +116,7 @@ def build_dataset(
         )
     if not cfg.rewrite.only:
         ds = ds.map_batches(
-            PatchScorer,
+            PatchScorerStage,
             fn_constructor_kwargs={"vision": cfg.vision, "decode_on_device": on_device},
             compute=ray.data.ActorPoolStrategy(
                 min_size=cfg.vision.min_actors, max_size=cfg.vision.max_actors
@@ -149,7 +132,7 @@ def build_dataset(
 
         ds = add_rewrite_stage(ds, cfg)
     return ds.map_batches(
-        _write,
+        writer.write_data_files,
         fn_kwargs={
             "out_path": cfg.output.path,
             "image_column": image_column,

@@ -47,7 +47,7 @@ def local_revision(path: str) -> str | None:
 
 def models_info(cfg: CurateConfig) -> dict[str, Any]:
     """The models of this run, with resolved revisions (loads configs only: a bad model id fails here)."""
-    from datajuicer_ray.vision.scorer import scorer_run_info
+    from datajuicer_ray.vision.models import scorer_run_info
 
     if cfg.rewrite.only:
         models: dict[str, Any] = {

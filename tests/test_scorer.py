@@ -12,7 +12,8 @@ from datajuicer_ray.config import VisionConfig
 from datajuicer_ray.io import schema
 from datajuicer_ray.vision import models
 from datajuicer_ray.vision.geometry import resample_scores, top_k_indices
-from datajuicer_ray.vision.scorer import PatchScorer, scorer_run_info
+from datajuicer_ray.vision.models import scorer_run_info
+from datajuicer_ray.vision.scorer import PatchScorer
 
 
 def views(n=3, seed=0) -> np.ndarray:
@@ -139,6 +140,40 @@ def test_separate_classifier_names_objects_for_a_headless_scorer():
     out = PatchScorer(vision)(batch_of(views(2), ["ok", "ok"]))
     assert [len(o) for o in out.column("objects").to_pylist()] == [3, 3]
     assert scorer_run_info(vision)["objects"]["source"] == "classifier"
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-random", "tiny-random-dino", "tiny-random-dinov2-registers", "tiny-random-vit-classifier"]
+)
+def test_model_config_read_as_json_agrees_with_autoconfig(name):
+    from transformers import AutoConfig
+
+    path = models.resolve(name)
+    fast, full = models.model_config(path), AutoConfig.from_pretrained(path)
+    assert type(fast) is not type(full)  # the JSON path was taken
+    for key in ("model_type", "architectures", "patch_size", "num_register_tokens"):
+        assert getattr(fast, key) == getattr(full, key, 0), key
+    if full.architectures[0].endswith("ForImageClassification"):
+        assert {int(k): v for k, v in fast.id2label.items()} == full.id2label
+
+
+def test_the_driver_never_imports_torch(tmp_path):
+    """Planning a job, its run record and naming its stages import no torch or transformers: ~2-3 s of the
+    job's start-up that only the scorer actor needs (and pays itself)."""
+    import subprocess
+    import sys
+
+    models.resolve("tiny-random-dino")  # built (with torch) here, read as JSON there
+    code = (
+        "import sys\n"
+        "import datajuicer_ray.cli, datajuicer_ray.pipeline\n"
+        "from datajuicer_ray.config import VisionConfig\n"
+        "from datajuicer_ray.vision.models import scorer_run_info\n"
+        "scorer_run_info(VisionConfig(model='tiny-random-dino'))\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_out_of_memory_halves_the_batch_and_loses_no_row(monkeypatch):

@@ -322,5 +322,10 @@ class FileReader:
                 yield from read_file(f, self.cols, self.rows_per_block)
 
 
+def read_files(batch: dict, input_cfg: InputConfig, image_column: str | None) -> Iterator[pa.Table]:
+    """Read task (Ray pickles it by reference: this module imports no torch)."""
+    yield from FileReader(input_cfg, curated_image_column=image_column)(batch)
+
+
 def file_items(files: list[InputFile]) -> list[dict]:
     return [asdict(f) for f in files]

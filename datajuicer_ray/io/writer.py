@@ -133,6 +133,13 @@ class DataFileWriter:
         return pa.Table.from_pydict(meta, schema=META_SCHEMA)
 
 
+def write_data_files(
+    batch: pa.Table, out_path: str, image_column: str | None, run_id: str, uris: dict[str, str]
+) -> pa.Table:
+    """Write task (Ray pickles it by reference: this module imports no torch)."""
+    return DataFileWriter(out_path, image_column, run_id, uris)(batch)
+
+
 def _transient_rows(out: pa.Table) -> int:
     statuses = zip(out.column("status").to_pylist(), out.column("rewrite_status").to_pylist())
     return sum(schema.is_transient(s, r) for s, r in statuses)

