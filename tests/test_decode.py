@@ -135,10 +135,39 @@ def test_bad_bytes_become_row_statuses(data, status, fragment):
     assert " at 0x" not in error[0]  # the same bytes give the same error text in every run
 
 
-def test_pixel_limit_rejects_before_decoding():
+def test_pixel_limit_rejects_before_decoding(monkeypatch):
+    """The limit is read from the header: the over-limit image's pixels are never decoded (no load(), no
+    decoder made for its size), while the small image next to it is decoded as usual."""
+    from PIL import ImageFile
+
+    loaded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy_load(self):
+        loaded.append(self.size)
+        return real_load(self)
+
+    decoders: list[str] = []
+    real_getdecoder = Image._getdecoder
+
+    def spy_getdecoder(mode, decoder_name, *args, **kwargs):
+        decoders.append(decoder_name)
+        return real_getdecoder(mode, decoder_name, *args, **kwargs)
+
     big = encode(Image.new("1", (3000, 3000)), "PNG")  # 9 Mpx, a few KB on disk
-    got, error, _ = decode_rows([big], max_pixels=4_000_000)
-    assert got == ["too_large"] and "9000000 pixels > vision.max_pixels=4000000" in error[0]
+    small = encode(gradient(), "PNG")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
+    monkeypatch.setattr(Image, "_getdecoder", spy_getdecoder)
+    got, error, pixels = decode_rows([big, small], max_pixels=4_000_000)
+    assert got == ["too_large", "ok"] and "9000000 pixels > vision.max_pixels=4000000" in error[0]
+    assert pixels[0] is None and pixels[1] is not None
+    assert (3000, 3000) not in loaded and (320, 240) in loaded  # the spy sees the decoding it is there for
+    assert decoders == ["zip"]  # one PNG decoder: the small image's
+
+    loaded.clear()
+    decoders.clear()
+    got, _, _ = decode_rows([big], max_pixels=4_000_000)
+    assert got == ["too_large"] and loaded == [] and decoders == []
 
 
 def test_pillow_bomb_guard_becomes_too_large():

@@ -11,6 +11,7 @@ import argparse
 import copy
 import json
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -534,7 +535,7 @@ def test_cpu_image_has_what_its_command_needs():
     ins = _instructions(ROOT / "docker" / "Dockerfile.cpu")
     assert next(arg for op, arg in ins if op == "FROM").startswith("python:3.11")
     argv = json.loads(next(arg for op, arg in ins if op == "CMD"))
-    assert argv[:2] == ["datajuicer-ray", "curate"]
+    assert argv[1] == "curate"  # argv[0] is a console script: test_image_command_is_our_console_script
     cfg = load_curate_config(ROOT / argv[2], argv[3:])
     runs = " ".join(arg for op, arg in ins if op == "RUN")
     makefile = (ROOT / "Makefile").read_text()
@@ -552,6 +553,117 @@ def test_cpu_image_has_what_its_command_needs():
         if name in ("torch", "torchvision"):
             continue  # from PyTorch's CPU index, installed by their own RUN
         assert re.search(rf"^{re.escape(name)}==", lock, re.M), f"{name} is a dependency but not in the lock"
+
+
+# What each image is for: the optional extra of pyproject.toml it must satisfy, besides the dependencies.
+IMAGE_EXTRAS = {"Dockerfile.cpu": "dry-run", "Dockerfile.gpu": "vllm"}
+
+
+def _copies(dockerfile: Path) -> list[tuple[int, list[str], str]]:
+    """(instruction index, sources, destination) of each COPY from the build context (not --from)."""
+    out = []
+    for i, (op, arg) in enumerate(_instructions(dockerfile)):
+        if op == "COPY" and "--from" not in arg:
+            words = [w for w in shlex.split(arg) if not w.startswith("--")]
+            out.append((i, words[:-1], words[-1]))
+    return out
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in lines:
+        req = Requirement(line)
+        (spec,) = req.specifier
+        assert spec.operator == "==", line
+        pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def test_every_image_is_checked():
+    assert sorted(IMAGE_EXTRAS) == [p.name for p in DOCKERFILES]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_what_the_repo_has_before_it_is_used(dockerfile):
+    """Every COPY source exists here (a missing one fails `docker build`); the lock file a RUN installs and
+    the project `pip install .` builds were copied in by an earlier instruction."""
+    ins = _instructions(dockerfile)
+    copied: dict[str, int] = {}  # path in the image -> index of the COPY that put it there
+    workdirs = [(i, arg) for i, (op, arg) in enumerate(ins) if op == "WORKDIR"]
+    for i, sources, dest in _copies(dockerfile):
+        workdir = next((w for j, w in reversed(workdirs) if j < i), "/")
+        dest = posixpath.join(workdir, dest)
+        for src in sources:
+            assert list(ROOT.glob(src)), f"{dockerfile.name}: COPY {src}: not in the repository"
+            into_dir = dest.endswith("/") or len(sources) > 1
+            copied[posixpath.normpath(posixpath.join(dest, Path(src).name) if into_dir else dest)] = i
+    installs = [(i, arg) for i, (op, arg) in enumerate(ins) if op == "RUN" and "pip install" in arg]
+    project = [i for i, arg in installs if re.search(r"pip install [^&]*\s\.(\s|$)", arg)]
+    assert project, f"{dockerfile.name}: never installs the project (`pip install .`)"
+    for i, arg in installs:
+        for req in re.findall(r"-r\s+(\S+)", arg):
+            assert copied.get(req, len(ins)) < i, f"{dockerfile.name}: installs {req} before copying it"
+        if i in project:
+            for need in ("pyproject.toml", "datajuicer_ray"):
+                workdir = next(w for j, w in reversed(workdirs) if j < i)
+                at = copied.get(posixpath.join(workdir, need), len(ins))
+                assert at < i, f"{dockerfile.name}: `pip install .` runs before {need} is copied"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_installs_what_pyproject_requires(dockerfile):
+    """Every dependency, and those of the image's extra, is pinned by what the image installs (its lock,
+    or an explicit `name==version` on a RUN line) at a version pyproject.toml accepts."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    ins = _instructions(dockerfile)
+    locks = [
+        ROOT / src
+        for _, sources, dest in _copies(dockerfile)
+        for src in sources
+        if src.endswith(".lock") and any(f"-r {dest}" in arg for op, arg in ins if op == "RUN")
+    ]
+    assert len(locks) == 1, f"{dockerfile.name}: expected one lock file installed with -r, got {locks}"
+    lines = [ln.split("#")[0].strip() for ln in locks[0].read_text().splitlines()]
+    pinned = _pins([ln for ln in lines if ln and not ln.startswith("-")])
+    runs = " ".join(arg for op, arg in ins if op == "RUN")
+    pinned.update(_pins(re.findall(r"(?<![\w.-])[A-Za-z][\w.-]*==[\w.+!-]+", runs)))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = project["optional-dependencies"][IMAGE_EXTRAS[dockerfile.name]]
+    for dep in project["dependencies"] + extra:
+        req = Requirement(dep)
+        got = pinned.get(canonicalize_name(req.name))
+        assert got is not None, f"{dockerfile.name}: {req.name} is required but nothing installs it"
+        assert req.specifier.contains(got, prereleases=True), (
+            f"{dockerfile.name}: installs {req.name}=={got}, pyproject.toml asks {req.specifier}"
+        )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_command_is_our_console_script(dockerfile):
+    """The image's CMD/ENTRYPOINT names a console script pyproject.toml installs, whose function exists,
+    and our CLI accepts the rest of the command line."""
+    import importlib
+
+    from datajuicer_ray.cli import _parser
+
+    ins = _instructions(dockerfile)
+    commands = [json.loads(arg) for op, arg in ins if op in ("CMD", "ENTRYPOINT")]
+    if not commands:
+        pytest.skip(f"{dockerfile.name} keeps its base image's command (jobs run through Ray)")
+    argv = commands[-1]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert argv[0] in scripts, f"{dockerfile.name}: {argv[0]!r} is not one of {sorted(scripts)}"
+    module, func = scripts[argv[0]].split(":")
+    assert callable(getattr(importlib.import_module(module), func))
+    args = _parser().parse_args(argv[1:])
+    assert args.command == argv[1]
+    if getattr(args, "config", None):
+        assert (ROOT / args.config).is_file(), f"{dockerfile.name}: {args.config} is not in the repository"
 
 
 @pytest.mark.parametrize("lock", ["requirements-gpu.lock", "requirements-cpu.lock"])

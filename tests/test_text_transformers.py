@@ -143,21 +143,54 @@ def test_a_failing_row_costs_only_itself(tiny, monkeypatch):
     assert out.num_rows == len(CAPTIONS) + 2
 
 
-def test_passthrough_and_null_rewrites(tiny):
-    table = _table()
+def test_passthrough_and_null_rewrites(tiny, monkeypatch):
+    """Scripted answers, one of each kind a model gives: each row ends with its exact status, only accepted
+    rows carry a rewrite, refused ones keep what the model wrote, and every input column passes through."""
+    refusal = "I'm sorry, I cannot help with that."
+    script = {  # the caption the prompt carries -> (what the model answers, whether it hit max_new_tokens)
+        CAPTIONS[0]: ('{"caption": "A dog with a frisbee at the park."}', False),
+        CAPTIONS[1]: ("a cat, I think", False),
+        CAPTIONS[2]: (json.dumps({"caption": refusal}), False),
+        CAPTIONS[3]: ('{"caption": "a tall tr', True),
+        CAPTIONS[5]: ('{"caption": "Un chien sur la plage."}', False),
+        "": ('{"caption": "A goldfish."}', False),  # no caption: rewritten from its objects
+    }
+    asked = []
+
+    def scripted(conversations):
+        out = []
+        for conv in conversations:
+            caption = json.loads(conv[-1]["content"])["caption"] or ""
+            asked.append(caption)
+            text, truncated = script[caption]
+            out.append(Generation(text=text, truncated=truncated, tokens=3))
+        return out
+
+    monkeypatch.setattr(tiny, "generate", scripted)
+    table = _table(statuses=["ok", "ok", "ok", "ok", "too_large", "ok", "ok", "ok"])
     out = tiny(table)
     for name in table.column_names:
         assert out[name].equals(table[name]), name
-    for text, status, candidate in zip(
-        out["caption_rewritten"].to_pylist(),
-        out["rewrite_status"].to_pylist(),
-        out["rewrite_candidate"].to_pylist(),
-        strict=True,
-    ):
-        assert status.split(":")[0] in ("ok", "rejected", "skipped") or status == "failed:unparsable"
-        assert (text is not None) == (status == "ok")
-        # What the model wrote is kept exactly where it was not accepted.
-        assert (candidate is not None) == (status.startswith("rejected:") or status == "failed:unparsable")
+    got = list(
+        zip(
+            out["rewrite_status"].to_pylist(),
+            out["caption_rewritten"].to_pylist(),
+            out["rewrite_candidate"].to_pylist(),
+            strict=True,
+        )
+    )
+    assert got == [
+        ("ok", "A dog with a frisbee at the park.", None),
+        ("failed:unparsable", None, "a cat, I think"),  # the raw answer
+        ("rejected:refusal", None, refusal),  # the parsed caption
+        ("rejected:truncated", None, '{"caption": "a tall tr'),
+        ("skipped:too_large", None, None),
+        ("ok", "Un chien sur la plage.", None),
+        ("ok", "A goldfish.", None),
+        ("skipped:no_caption", None, None),
+    ]
+    # Skipped rows never reach the model; every other row is asked once.
+    assert sorted(asked) == sorted(script)
 
 
 def test_the_answer_is_started_inside_the_json_object(tiny):

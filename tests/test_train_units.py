@@ -98,21 +98,88 @@ def test_recall_at_k():
     assert perfect["i2t_R@1"] == 1.0 and perfect["t2i_R@1"] == 1.0 and perfect["pairs"] == 20
 
 
+class _GreyClip(torch.nn.Module):
+    """A CLIP whose answers are known: class ``shade k`` embeds as axis k, and an image embeds as minus its
+    grey level's distance to each class's level, so the nearest level wins and ranks follow distance."""
+
+    def __init__(self, levels: list[int], mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.levels = torch.tensor(levels, dtype=torch.float32)
+        self.mean, self.std = mean, std
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return torch.nn.functional.one_hot(tokens[:, 0], len(self.levels)).float()
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        grey = ((images * self.std.view(1, 3, 1, 1) + self.mean.view(1, 3, 1, 1)) * 255).mean(dim=(1, 2, 3))
+        return -(grey[:, None] - self.levels[None, :]).abs()
+
+
 def test_zero_shot_on_a_labelled_folder(tmp_path):
+    """Seven classes (more than top-5), images whose best and worst classes are known: top-1 and top-5
+    are what the construction says, neither 1.0."""
+    levels = [36 * k for k in range(7)]
+    names = [f"shade {k}" for k in range(7)]
+    # Each folder holds its own grey; two hold a stranger: shade_3 one of level 4 (nearest is shade 4,
+    # shade 3 is second: a top-5 hit, a top-1 miss), shade_0 one of level 6 (shade 0 is the farthest: a miss).
+    placed = [(k, levels[k]) for k in range(7)] + [(3, levels[4]), (0, levels[6])]
+    for i, (k, grey) in enumerate(placed):
+        folder = tmp_path / names[k].replace(" ", "_")
+        folder.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (grey,) * 3).save(folder / f"{i}.png")
+    (tmp_path / "shade_0" / "notes.txt").write_text("not an image")
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[next(k for k, n in enumerate(names) if n in t)] for t in texts])
+
+    def rank(k: int, grey: int) -> int:  # 0 = the nearest class
+        return sum(abs(grey - lv) < abs(grey - levels[k]) for lv in levels)
+
+    mean, std = torch.tensor([0.48, 0.46, 0.41]), torch.tensor([0.27, 0.26, 0.28])
+    model = _GreyClip(levels, mean, std)
+    out = zero_shot(model, tokenize, str(tmp_path), 32, torch.device("cpu"), mean, std, batch_size=4)
+    n = len(placed)
+    assert out["zero_shot_images"] == n and out["classes"] == len(names)
+    assert out["zero_shot_top1"] == pytest.approx(sum(rank(k, g) == 0 for k, g in placed) / n)
+    assert out["zero_shot_top5"] == pytest.approx(sum(rank(k, g) < 5 for k, g in placed) / n)
+    assert 0 < out["zero_shot_top1"] < out["zero_shot_top5"] < 1
+
+
+def test_zero_shot_matches_the_model_s_own_logits(tmp_path):
+    """A real (random) open_clip model: zero_shot's top-1 is the argmax of a direct computation of image
+    features against the mean of each class's normalised template embeddings."""
+    from open_clip import SIMPLE_IMAGENET_TEMPLATES
+
+    from datajuicer_ray.train.evaluate import normalise
     from datajuicer_ray.train.factory import create_model, tokenizer
 
-    for cls, photo in [("tabby_cat", "chelsea"), ("coffee", "coffee"), ("rocket", "rocket")]:
+    photos = ["chelsea", "coffee", "rocket", "astronaut", "camera", "moon", "horse"]
+    for cls in photos:
         (tmp_path / cls).mkdir()
-        for i in range(2):
-            Image.fromarray(getattr(skimage.data, photo)()).save(tmp_path / cls / f"{i}.jpg")
-    (tmp_path / "rocket" / "notes.txt").write_text("not an image")
-    model = create_model(tiny(), seed=0)
+        Image.fromarray(getattr(skimage.data, cls)()).convert("RGB").save(tmp_path / cls / "0.jpg")
+    model = create_model(tiny(), seed=0).eval()
+    tok = tokenizer(tiny())
     mean, std = torch.tensor([0.48, 0.46, 0.41]), torch.tensor([0.27, 0.26, 0.28])
-    out = zero_shot(
-        model, tokenizer(tiny()), str(tmp_path), 224, torch.device("cpu"), mean, std, batch_size=4
-    )
-    assert out["zero_shot_images"] == 6 and out["classes"] == 3
-    assert 0.0 <= out["zero_shot_top1"] <= out["zero_shot_top5"] == 1.0  # 3 classes: top-5 always hits
+    out = zero_shot(model, tok, str(tmp_path), 224, torch.device("cpu"), mean, std, batch_size=3)
+
+    with torch.no_grad():
+        classes = []
+        for name in sorted(photos):
+            emb = model.encode_text(tok([t(name) for t in SIMPLE_IMAGENET_TEMPLATES]), normalize=True)
+            classes.append(torch.nn.functional.normalize(emb.mean(dim=0), dim=0))
+        pixels = np.stack(
+            [
+                canonical_pixels((tmp_path / c / "0.jpg").read_bytes(), 224).transpose(2, 0, 1)
+                for c in sorted(photos)
+            ]
+        )
+        feats = model.encode_image(normalise(torch.from_numpy(pixels), mean, std), normalize=True)
+        logits = feats @ torch.stack(classes, dim=1)
+    target = torch.arange(len(photos))
+    top5 = logits.topk(5, dim=1).indices
+    assert out["classes"] == out["zero_shot_images"] == len(photos)
+    assert out["zero_shot_top1"] == pytest.approx(float((logits.argmax(dim=1) == target).float().mean()))
+    assert out["zero_shot_top5"] == pytest.approx(float((top5 == target[:, None]).any(dim=1).float().mean()))
 
 
 @pytest.mark.parametrize(
