@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +18,24 @@ from datajuicer_ray.report.captions import rejected_block
 from datajuicer_ray.report.groups import GroupPlan
 from datajuicer_ray.report.stats import FolderStats
 
-if TYPE_CHECKING:
-    from datajuicer_ray.report.inspect import Card
+
+@dataclass
+class Card:
+    """One sampled row, ready to render."""
+
+    key: str
+    status: str
+    error: str | None
+    rewrite_status: str
+    objects: list[tuple[str, float]]
+    caption_html: str | None
+    rewritten_html: str | None
+    kept: int | None = None
+    # The rewrite the guard rejected (or that did not parse), diffed against the caption; None otherwise.
+    candidate_html: str | None = None
+    view_uri: str | None = None
+    overlay_uri: str | None = None
+    image_note: str | None = None
 
 
 @dataclass

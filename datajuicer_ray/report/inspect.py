@@ -22,6 +22,7 @@ from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report import html as page
 from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.groups import GroupPlan, RowGroup, plan, read_group, stream_column
+from datajuicer_ray.report.html import Card
 from datajuicer_ray.report.overlay import ImageUnreadable, data_uri, render_views
 from datajuicer_ray.report.stats import MAX_STAT_ROWS, collect
 
@@ -41,25 +42,6 @@ SAMPLE_COLUMNS = [
 _ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-f]+>")
 # Spread a sample over at least this many row groups (when the folder has them), not one group's neighbours.
 MIN_GROUPS = 6
-
-
-@dataclass
-class Card:
-    """One sampled row, ready to render."""
-
-    key: str
-    status: str
-    error: str | None
-    rewrite_status: str
-    objects: list[tuple[str, float]]
-    caption_html: str | None
-    rewritten_html: str | None
-    kept: int | None = None
-    # The rewrite the guard rejected (or that did not parse), diffed against the caption; None otherwise.
-    candidate_html: str | None = None
-    view_uri: str | None = None
-    overlay_uri: str | None = None
-    image_note: str | None = None
 
 
 @dataclass
