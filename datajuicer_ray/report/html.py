@@ -1,5 +1,6 @@
 """Page rendering: one self-contained HTML document (inline CSS, JS and images; nothing fetched), from the
-Jinja2 templates in ``templates/`` (``report.html``, ``card.html``). This module gathers what they show."""
+Jinja2 templates in ``templates/``: ``page.html`` and ``card.html`` (not ``report.html``: .gitignore keeps
+written reports, ``report*.html``, out of git). This module gathers what they show."""
 
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ def render(r: Report) -> str:
     facts += _flatten("versions", info.get("versions", {}))
     facts += [(f"summary.{k}", v) for k, v in r.summary.items() if not isinstance(v, dict)]
     rewritten = Counter("yes" if c.rewritten_html is not None else "no" for c in r.cards)
-    return _ENV.get_template("report.html").render(
+    return _ENV.get_template("page.html").render(
         output_dir=r.output_dir,
         stamp=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         css=Markup(CSS),
