@@ -28,6 +28,8 @@ class _TqdmHandler(logging.Handler):
         try:
             # sys.stdout looked up now, not at import: pytest's capture and a redirected stream both swap it.
             tqdm.write(self.format(record), file=sys.stdout)
+            # Piped (a subprocess, `ray job logs`), stdout is block-buffered: a line must show when said.
+            sys.stdout.flush()
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise into the caller
             self.handleError(record)
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import select
+import subprocess
+import sys
 
 from datajuicer_ray.progress import Progress, console, print_summary
 
@@ -38,3 +42,24 @@ def test_summary_names_every_status_and_flags_a_row_mismatch(capsys):
     out = capsys.readouterr().out
     assert out.startswith("curated table: out/t\n")
     assert "<- MISMATCH" in out and "too_large" in out and "2.5" in out
+
+
+def test_a_message_reaches_a_pipe_at_once():
+    """Piped stdout is block-buffered: without a flush the first `[curate]` line (which the Ctrl-C test and
+    a person tailing `ray job logs` wait for) would only come out at exit."""
+    probe = (
+        "import sys\n"
+        "from datajuicer_ray.progress import console\n"
+        "console('curate').info('started')\n"
+        "sys.stdin.readline()\n"  # hold the process until the parent has read the line
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as a real pipe is
+    proc = subprocess.Popen(
+        [sys.executable, "-c", probe], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # never a hang: the child waits on us
+        assert ready, "no line while the process runs: the console did not flush"
+        assert proc.stdout.readline() == "[curate] started\n"
+    finally:
+        proc.communicate("\n", timeout=60)
