@@ -22,12 +22,13 @@ from datajuicer_ray.io import curated, reader, schema, writer
 from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.sample import write_sample
 from datajuicer_ray.io.table import FingerprintConflict, OutputTable, TableConflict, input_app_id, new_run_id
+from datajuicer_ray.progress import Progress, console, print_summary
 from datajuicer_ray.provenance import config_difference, run_record
-from datajuicer_ray.report.console import Progress, print_summary
 from datajuicer_ray.runtime import gpus_available_or_scalable, init_ray
 from datajuicer_ray.vision.stage import PatchScorerStage, decode_batch
 
 log = logging.getLogger("datajuicer_ray")
+say = console("curate")  # what the run tells its user, as "[curate] ..." on stdout
 
 
 class RunConflict(ConfigError):
@@ -255,17 +256,15 @@ def curate(cfg: CurateConfig) -> dict:
         pending = [f for f in rest if app_ids[f.file_id] not in marked]
     if not pending:
         what = "with rows to retry" if cfg.output.retry_failed else "to curate"
-        print(f"[curate] nothing to do: no input file {what} ({len(files)} committed in {cfg.output.path})")
+        say.info(f"nothing to do: no input file {what} ({len(files)} committed in {cfg.output.path})")
         return _refresh_summary(table, rows=0, seconds=0.0, files=0)
     if done and not cfg.output.retry_failed:
-        print(
-            f"[curate] resuming: {len(done)} of {len(files)} input files already committed, {len(pending)} to go"
-        )
+        say.info(f"resuming: {len(done)} of {len(files)} input files already committed, {len(pending)} to go")
     table.write_json(f"_runs/{run_id}.json", record)
 
     mode = init_ray(cfg.ray)
     check_capacity(cfg, mode)
-    print(f"[curate] {len(pending)} input files, ray {mode}, scorer GPUs per actor: {scorer_resources(cfg)}")
+    say.info(f"{len(pending)} input files, ray {mode}, scorer GPUs per actor: {scorer_resources(cfg)}")
     expected = reader.count_rows(pending)
     committer = writer.Committer(
         table, pending, expected, generation, record["fingerprint"], run_id, out_schema, replacing
@@ -284,6 +283,7 @@ def curate(cfg: CurateConfig) -> dict:
             committer.flush()  # files completed by this batch: one commit
         committer.finish()
     finally:
+        progress.close()
         record.update(
             ended_at=time.time(), inputs_committed=[committer.files[f].path for f in committer.committed]
         )

@@ -4,6 +4,9 @@ becomes a row status with a readable reason, never an exception."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -174,6 +177,33 @@ def test_pillow_bomb_guard_becomes_too_large():
     bomb = encode(Image.new("1", (14000, 14000)), "PNG")  # > 2x Pillow's default limit
     got, error, _ = decode_rows([bomb], max_pixels=10**10)
     assert got == ["too_large"] and "decompression bomb" in error[0].lower()
+
+
+def test_pillow_warning_is_off_only_inside_our_decode(monkeypatch):
+    """Between Pillow's limit and ours the decoder says nothing; the same bytes opened by anyone else
+    still warn, so the decoder did not switch the warning off for the process."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40x40 = 1600 px: over it, under 2x it
+    data = encode(gradient(40, 40), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        assert decode_module.decode(data, max_pixels=10_000, max_bytes=10**6).image.size == (40, 40)
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(data)).load()
+
+
+def test_importing_the_package_changes_no_pillow_setting():
+    """MAX_IMAGE_PIXELS and the warning filters, before and after importing every module that decodes."""
+    probe = (
+        "import warnings, PIL.Image as I\n"
+        "before = (I.MAX_IMAGE_PIXELS, [f for f in warnings.filters if f[2] is I.DecompressionBombWarning])\n"
+        "import datajuicer_ray, datajuicer_ray.cli, datajuicer_ray.pipeline, datajuicer_ray.vision.decode\n"
+        "import datajuicer_ray.vision.gpu_decode, datajuicer_ray.report.inspect, datajuicer_ray.train.data\n"
+        "after = (I.MAX_IMAGE_PIXELS, [f for f in warnings.filters if f[2] is I.DecompressionBombWarning])\n"
+        "assert before == after, (before, after)\n"
+        "assert before[0] == 89478485, before  # Pillow's default: nobody set it before us either\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_byte_limit():

@@ -376,3 +376,26 @@ def test_cli_writes_the_file_and_rejects_bad_input(folder, tmp_path, capsys):
     assert "no committed rows" in capsys.readouterr().err
     assert main(["inspect", str(folder), "--sample", "0", "--out", str(tmp_path / "y.html")]) == 2
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+
+
+def test_markup_in_the_table_is_shown_as_text_never_run(tmp_path):
+    """Captions, keys, errors, labels and the run record are text from the web or a user: the page escapes
+    every one of them (the templates' autoescaping), and the only <script> is the report's own."""
+    hostile = "<script>alert(1)</script>"
+    rows = _rows(4, random.Random(1), 0)
+    rows[0].update(key=f"k{hostile}", caption=f"a cat {hostile}", caption_rewritten=f"a cat {hostile} sat")
+    rows[0].update(rewrite_status="ok", objects=[{"label": 'cat" onmouseover="x', "score": 0.9}])
+    rows[1].update(caption=hostile, caption_rewritten=None, rewrite_status=f"rejected:{hostile}")
+    rows[1]["rewrite_candidate"] = f"{hostile} a dog"
+    rows[2].update(status="decode_error", error=hostile, jpg=b"junk", patch_index=None, patch_grid=None)
+    run = {"config": {"vision": {"model": hostile}}, "geometry": {"S": S, "P": P, "G": G}, "models": {}}
+    out = write_table(tmp_path / "t", [rows], run, {"rows_in": 4, "rows_out": 4, "by_status": {"ok": 3}})
+
+    page = inspect.build_report(str(out), sample=4)
+
+    assert page.count("<script>") == 1 and page.count("</script>") == 1  # the page's own filter script
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("&lt;script&gt;") >= 6  # key, caption, rewrite, candidate, error, config, status
+    assert 'onmouseover="x' not in page  # an attribute value cannot close its quotes
+    # The diff still marks words up: escaping is of the text, not of the report's own tags.
+    assert "<ins>sat</ins>" in page

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import browser
 import pytest
 
-from datajuicer_ray.report import browser, inspect
+from datajuicer_ray.report import inspect
 
 pytestmark = pytest.mark.browser
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from datajuicer_ray.io import schema
 from datajuicer_ray.io.writer import to_output_table
-from datajuicer_ray.report.captions import rejected_block
+from datajuicer_ray.report.html import render_card
 from datajuicer_ray.report.inspect import make_card
 
 
@@ -53,18 +53,16 @@ def test_report_card_shows_the_rejected_candidate_beside_the_caption():
     card = make_card(row, 224, 14, images_kept=False)
     assert card.rewritten_html is None
     assert "<ins>" in card.candidate_html and "&lt;castle&gt;" in card.candidate_html  # diffed, escaped
-    block = rejected_block(card.candidate_html, card.rewrite_status)
-    assert "rejected (invented)" in block and card.candidate_html in block
-    assert rejected_block(None, "ok") == ""
+    block = render_card(card, 14)
+    assert "rejected (invented)" in block and f"<s>{card.candidate_html}</s>" in block
     accepted = make_card(
         {**row, "caption_rewritten": "A dog in a park.", "rewrite_status": "ok"}, 224, 14, False
     )
     assert accepted.candidate_html is None and accepted.rewritten_html is not None
+    assert "candidate" not in render_card(accepted, 14)
 
 
 def test_the_page_shows_the_candidate_block():
-    from datajuicer_ray.report.html import _card
-
     row = {
         "key": "a",
         "caption": "a dog in a park",
@@ -73,5 +71,5 @@ def test_the_page_shows_the_candidate_block():
         "rewrite_candidate": "A dog in a park near a castle.",
         "status": "ok",
     }
-    page = _card(make_card(row, 224, 14, images_kept=False), 14)
+    page = render_card(make_card(row, 224, 14, images_kept=False), 14)
     assert '<div class="cap candidate"><span class="lab">rejected (invented)</span>' in page

@@ -7,7 +7,6 @@ chosen at random (seeded), their small columns first, and the image bytes of the
 from __future__ import annotations
 
 import bisect
-import html
 import os
 import random
 import re
@@ -16,12 +15,14 @@ from dataclasses import dataclass, field
 
 import fsspec
 import pyarrow as pa
+from markupsafe import Markup, escape
 
 from datajuicer_ray.io.curated import geometry, image_column, read_run_info, read_summary
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report import html as page
 from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.groups import GroupPlan, RowGroup, plan, read_group, stream_column
+from datajuicer_ray.report.html import Card
 from datajuicer_ray.report.overlay import ImageUnreadable, data_uri, render_views
 from datajuicer_ray.report.stats import MAX_STAT_ROWS, collect
 
@@ -41,25 +42,6 @@ SAMPLE_COLUMNS = [
 _ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-f]+>")
 # Spread a sample over at least this many row groups (when the folder has them), not one group's neighbours.
 MIN_GROUPS = 6
-
-
-@dataclass
-class Card:
-    """One sampled row, ready to render."""
-
-    key: str
-    status: str
-    error: str | None
-    rewrite_status: str
-    objects: list[tuple[str, float]]
-    caption_html: str | None
-    rewritten_html: str | None
-    kept: int | None = None
-    # The rewrite the guard rejected (or that did not parse), diffed against the caption; None otherwise.
-    candidate_html: str | None = None
-    view_uri: str | None = None
-    overlay_uri: str | None = None
-    image_note: str | None = None
 
 
 @dataclass
@@ -112,16 +94,16 @@ def make_card(row: dict, size: int, grid: int, images_kept: bool) -> Card:
     objects = [(o["label"], float(o["score"])) for o in (row.get("objects") or [])]
     caption, rewritten = row.get("caption"), row.get("caption_rewritten")
     candidate = row.get("rewrite_candidate") if rewritten is None else None
-    candidate_html = None
+    candidate_html: Markup | None = None
     if caption is not None and rewritten is not None:
         caption_html, rewritten_html = diff_words(caption, rewritten)
     elif caption is not None and candidate is not None:
         # Beside the caption, what the model wrote and the guard refused: the diff shows what it changed.
         (caption_html, candidate_html), rewritten_html = diff_words(caption, candidate), None
     else:
-        caption_html = html.escape(caption) if caption is not None else None
-        rewritten_html = html.escape(rewritten) if rewritten is not None else None
-        candidate_html = html.escape(candidate) if candidate is not None else None
+        caption_html = escape(caption) if caption is not None else None
+        rewritten_html = escape(rewritten) if rewritten is not None else None
+        candidate_html = escape(candidate) if candidate is not None else None
     patches = row.get("patch_index")
     card = Card(
         key=str(row.get("key")),

@@ -28,6 +28,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from datajuicer_ray.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"
@@ -50,10 +52,6 @@ class ModelSource:
     revision: str | None = None
     gguf_file: str | None = None  # the original GGUF of a built-in
     gguf_sha256: str | None = None
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DATAJUICER_RAY_CACHE", "~/.cache/datajuicer_ray")).expanduser()
 
 
 def smollm2_gguf() -> Path:

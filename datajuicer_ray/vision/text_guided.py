@@ -33,7 +33,7 @@ def build_tiny_clip(seed: int = 0) -> Path:
     """A small open_clip CLIP with seeded random weights, saved the way open_clip's ``local-dir:`` reads."""
     import open_clip
 
-    from datajuicer_ray.vision.models import cache_dir
+    from datajuicer_ray.cache import cache_dir
 
     target = cache_dir() / "models" / f"{TINY_CLIP}-v1-seed{seed}"
     if (target / "open_clip_pytorch_model.bin").exists():

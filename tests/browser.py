@@ -1,6 +1,9 @@
-"""Headless Chromium for checking a report the way a person opens it (tests, the README screenshot).
+"""Headless Chromium for checking a report the way a person opens it (test_report_browser.py, and the
+README screenshot, docs/report.png, is that test's ``report.png``).
 
-Only the command line is used (``--dump-dom``, ``--screenshot``): no driver, no extra package.
+Test tooling, not part of the package: ``datajuicer-ray inspect`` only writes HTML and never starts a
+browser, so an installed package has no use for this. Only the command line is used (``--dump-dom``,
+``--screenshot``): no driver, no extra package.
 """
 
 from __future__ import annotations
