@@ -1,7 +1,7 @@
 """What made a curated table: the run record, the versions, and the fingerprint a resume must match.
 
-The fingerprint covers everything that changes what a row becomes: the config (less resource knobs and
-slicing, see ``config.fingerprint``), the package version, the models' resolved revisions, the prompt and
+The fingerprint covers everything that changes what a row becomes: the config (less the keys declared
+``NOT_FINGERPRINTED``: resource knobs, slicing, see ``config.fingerprint``), the package version, the models' resolved revisions, the prompt and
 the guard. A resume after an upgrade of any of them is refused instead of silently mixing outputs.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from datajuicer_ray import __version__
-from datajuicer_ray.config import CurateConfig, fingerprint, to_dict
+from datajuicer_ray.config import CurateConfig, fingerprint, fingerprinted, to_dict
 from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.table import OutputTable
 
@@ -133,9 +133,10 @@ def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[s
 
 
 def config_difference(old: dict, new: dict, limit: int = 6) -> str:
-    """`key: old -> new` for the settings two run records differ in (resource knobs left out)."""
+    """`key: old -> new` for the fingerprinted settings two run records differ in: the ones a resume must
+    match (a new slice or actor count is no reason for a conflict, so it is not named as one)."""
     a, b = _flatten(old), _flatten(new)
-    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith("ray.")]
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and fingerprinted(k)]
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:limit])
 
 
