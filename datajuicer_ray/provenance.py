@@ -99,10 +99,10 @@ def run_fingerprint(cfg: CurateConfig, models: dict[str, Any]) -> str:
 
 def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[str, Any]:
     """`_runs/<run id>.json` as written at the start; the end time and the files it committed follow."""
-    from datajuicer_ray.vision.geometry import keep_count
+    from datajuicer_ray.vision.geometry import Geometry
 
     models = models_info(cfg)
-    s, p = cfg.vision.image_size, cfg.vision.patch_size
+    geo = Geometry.from_vision(cfg.vision)
     return {
         "run_id": run_id,
         "config": to_dict(cfg),
@@ -110,18 +110,14 @@ def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[s
         "versions": versions(),
         "models": models,
         "geometry": {
-            "S": s,
-            "P": p,
-            "G": s // p,
+            **geo.record(),  # S, P, G: what Geometry.from_record reads back
             "retention": cfg.vision.retention,
-            "keep_ratio": cfg.vision.keep_ratio,
+            "keep_ratio": geo.keep_ratio,
             # fixed retention: every row keeps this many; mass retention: each row its own (len(patch_index))
-            "keep_count": keep_count(cfg.vision.keep_ratio, s // p)
-            if cfg.vision.retention == "fixed"
-            else None,
+            "keep_count": geo.keep_count if cfg.vision.retention == "fixed" else None,
             "keep_mass": cfg.vision.keep_mass if cfg.vision.retention == "mass" else None,
             "scorer": cfg.vision.model,
-            "scorer_image_size": cfg.vision.scorer_image_size or s,
+            "scorer_image_size": cfg.vision.scorer_image_size or geo.size,
         },
         "started_at": time.time(),
         "ended_at": None,

@@ -20,6 +20,7 @@ from datajuicer_ray.config import (
     parse_shard,
     unfingerprinted_keys,
 )
+from datajuicer_ray.vision.geometry import Geometry
 
 DRY = REPO / "conf" / "dry_run.yaml"
 
@@ -27,12 +28,13 @@ DRY = REPO / "conf" / "dry_run.yaml"
 def test_dry_run_config_loads_with_contract_defaults():
     cfg = load_curate_config(DRY)
     assert cfg.vision.keep_ratio == 0.5 and cfg.vision.min_confidence == 0.7
-    assert cfg.grid == 14 and cfg.keep_count == 98
+    geo = Geometry.from_vision(cfg.vision)
+    assert (geo.grid, geo.keep_count) == (14, 98)
 
 
 def test_overrides_apply_and_are_typed():
     cfg = load_curate_config(DRY, ["vision.keep_ratio=0.3", "input.columns.caption=TEXT"])
-    assert cfg.vision.keep_ratio == 0.3 and cfg.keep_count == round(0.3 * 196)
+    assert cfg.vision.keep_ratio == 0.3 and Geometry.from_vision(cfg.vision).keep_count == round(0.3 * 196)
     assert cfg.input.columns.caption == "TEXT"
 
 

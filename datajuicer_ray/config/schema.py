@@ -212,15 +212,6 @@ class CurateConfig:
     # Where and how Ray runs changes no row.
     ray: RayConfig = field(default_factory=RayConfig, metadata=NOT_FINGERPRINTED)
 
-    @property
-    def grid(self) -> int:
-        """G: the side of the target patch grid."""
-        return self.vision.image_size // self.vision.patch_size
-
-    @property
-    def keep_count(self) -> int:
-        return round(self.vision.keep_ratio * self.grid * self.grid)
-
 
 # ----------------------------------------------------------------------------------------------
 # training

@@ -17,6 +17,7 @@ from datajuicer_ray.report.assets import CSS, JS
 from datajuicer_ray.report.captions import rejected_block
 from datajuicer_ray.report.groups import GroupPlan
 from datajuicer_ray.report.stats import FolderStats
+from datajuicer_ray.vision.geometry import Geometry
 
 if TYPE_CHECKING:
     from datajuicer_ray.report.inspect import Card
@@ -27,7 +28,7 @@ class Report:
     output_dir: str
     run_info: dict[str, Any]
     summary: dict[str, Any]
-    geometry: dict[str, int]
+    geometry: Geometry
     cards: list[Card]
     stats: FolderStats
     group_plan: GroupPlan
@@ -62,8 +63,8 @@ def _kpis(r: Report) -> str:
         ("rewritten", rewritten),
         ("images / s", s.get("images_per_s", "?")),
         _retention(cfg.get("vision", {})),
-        *_kept_kpis(r.stats, g["G"]),
-        ("canonical view", f"S={g['S']} P={g['P']} G={g['G']}"),
+        *_kept_kpis(r.stats, g.grid),
+        ("canonical view", f"S={g.size} P={g.patch} G={g.grid}"),
     ]
     return "".join(
         f'<div class="kpi"><b>{escape(_fmt(v))}</b><span>{escape(k)}</span></div>' for k, v in items
@@ -215,7 +216,7 @@ def _card(c: Card, grid: int) -> str:
 
 def render(r: Report) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cards = "".join(_card(c, r.geometry["G"]) for c in r.cards)
+    cards = "".join(_card(c, r.geometry.grid) for c in r.cards)
     sample_note = (
         f"{len(r.cards)} rows drawn at random (seed {r.seed}) from {r.sample_groups} row groups; "
         "the canonical view each row was scored on."
