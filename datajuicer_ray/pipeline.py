@@ -24,7 +24,7 @@ from datajuicer_ray.io.sample import write_sample
 from datajuicer_ray.io.table import FingerprintConflict, OutputTable, TableConflict, input_app_id, new_run_id
 from datajuicer_ray.progress import Progress, console, print_summary
 from datajuicer_ray.provenance import config_difference, run_record
-from datajuicer_ray.runtime import gpus_available_or_scalable, init_ray
+from datajuicer_ray.runtime import actor_pool_kwargs, gpus_available_or_scalable, init_ray
 from datajuicer_ray.vision.stage import PatchScorerStage, decode_batch
 
 log = logging.getLogger("datajuicer_ray")
@@ -119,14 +119,8 @@ def build_dataset(
         ds = ds.map_batches(
             PatchScorerStage,
             fn_constructor_kwargs={"vision": cfg.vision, "decode_on_device": on_device},
-            compute=ray.data.ActorPoolStrategy(
-                min_size=cfg.vision.min_actors, max_size=cfg.vision.max_actors
-            ),
-            batch_size=cfg.vision.batch_size,
             batch_format="pyarrow",
-            num_gpus=num_gpus,
-            num_cpus=cfg.vision.num_cpus,
-            resources=dict(cfg.vision.resources) or None,
+            **actor_pool_kwargs(cfg.vision, num_gpus=num_gpus, resources=cfg.vision.resources),
         )
     if cfg.rewrite.enabled:
         from datajuicer_ray.text.stage import add_rewrite_stage

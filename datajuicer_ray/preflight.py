@@ -402,8 +402,12 @@ def column_problems(probes: list[Probe], cols: ColumnsConfig, fmt: str) -> list[
 
 
 def endpoint_problems(r: RewriteConfig, timeout: float = ENDPOINT_TIMEOUT_S) -> list[Problem]:
-    """An endpoint that is down must fail the job now, naming rewrite.url, not after an hour of scoring."""
-    from datajuicer_ray.text.endpoint import endpoint_error
+    """An endpoint that is down must fail the job now, naming rewrite.url, not after an hour of scoring. An
+    API key bound for plain http:// on another machine is refused first: the test request would send it."""
+    from datajuicer_ray.text.endpoint import endpoint_error, insecure_key_error
 
+    insecure = insecure_key_error(r)
+    if insecure:
+        return [Problem("rewrite.allow_insecure_http", *insecure)]
     found = endpoint_error(r, timeout)
     return [] if found is None else [Problem("rewrite.url", *found)]

@@ -1,7 +1,7 @@
 """What made a curated table: the run record, the versions, and the fingerprint a resume must match.
 
-The fingerprint covers everything that changes what a row becomes: the config (less resource knobs and
-slicing, see ``config.fingerprint``), the package version, the models' resolved revisions, the prompt and
+The fingerprint covers everything that changes what a row becomes: the config (less the keys declared
+``NOT_FINGERPRINTED``: resource knobs, slicing, see ``config.fingerprint``), the package version, the models' resolved revisions, the prompt and
 the guard. A resume after an upgrade of any of them is refused instead of silently mixing outputs.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from datajuicer_ray import __version__
-from datajuicer_ray.config import CurateConfig, fingerprint, to_dict
+from datajuicer_ray.config import CurateConfig, fingerprint, fingerprinted, to_dict
 from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.table import OutputTable
 
@@ -99,10 +99,10 @@ def run_fingerprint(cfg: CurateConfig, models: dict[str, Any]) -> str:
 
 def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[str, Any]:
     """`_runs/<run id>.json` as written at the start; the end time and the files it committed follow."""
-    from datajuicer_ray.vision.geometry import keep_count
+    from datajuicer_ray.vision.geometry import Geometry
 
     models = models_info(cfg)
-    s, p = cfg.vision.image_size, cfg.vision.patch_size
+    geo = Geometry.from_vision(cfg.vision)
     return {
         "run_id": run_id,
         "config": to_dict(cfg),
@@ -110,18 +110,14 @@ def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[s
         "versions": versions(),
         "models": models,
         "geometry": {
-            "S": s,
-            "P": p,
-            "G": s // p,
+            **geo.record(),  # S, P, G: what Geometry.from_record reads back
             "retention": cfg.vision.retention,
-            "keep_ratio": cfg.vision.keep_ratio,
+            "keep_ratio": geo.keep_ratio,
             # fixed retention: every row keeps this many; mass retention: each row its own (len(patch_index))
-            "keep_count": keep_count(cfg.vision.keep_ratio, s // p)
-            if cfg.vision.retention == "fixed"
-            else None,
+            "keep_count": geo.keep_count if cfg.vision.retention == "fixed" else None,
             "keep_mass": cfg.vision.keep_mass if cfg.vision.retention == "mass" else None,
             "scorer": cfg.vision.model,
-            "scorer_image_size": cfg.vision.scorer_image_size or s,
+            "scorer_image_size": cfg.vision.scorer_image_size or geo.size,
         },
         "started_at": time.time(),
         "ended_at": None,
@@ -133,9 +129,10 @@ def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[s
 
 
 def config_difference(old: dict, new: dict, limit: int = 6) -> str:
-    """`key: old -> new` for the settings two run records differ in (resource knobs left out)."""
+    """`key: old -> new` for the fingerprinted settings two run records differ in: the ones a resume must
+    match (a new slice or actor count is no reason for a conflict, so it is not named as one)."""
     a, b = _flatten(old), _flatten(new)
-    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith("ray.")]
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and fingerprinted(k)]
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:limit])
 
 

@@ -1,13 +1,15 @@
-"""Connecting to Ray: the cluster a job was submitted to, the one RAY_ADDRESS names, or a local one."""
+"""Ray for the jobs: connecting (the cluster a job was submitted to, the one RAY_ADDRESS names, or a local
+one), what the cluster has or could add, and the actor pools stages run on."""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
 
-from datajuicer_ray.config import RayConfig
+from datajuicer_ray.config import ActorPoolConfig, RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,28 @@ def init_ray(cfg: RayConfig) -> str:
     ctx.max_errored_blocks = 0
     log.info("ray: %s (%s)", mode, ray.cluster_resources())
     return mode
+
+
+def actor_pool_kwargs(
+    pool: ActorPoolConfig, num_gpus: float | None = None, resources: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """``map_batches`` arguments that run a callable-class stage on an actor pool sized by ``pool``.
+
+    GPUs and extra resources are arguments, not pool keys, because only the scorer has them (and the
+    scorer's GPU count is resolved against the cluster first, ``pipeline.scorer_resources``). Keys that
+    are not given are left out rather than set to 0 or None, so the operator's remote args stay exactly
+    what the stage asked for: Ray Data fuses neighbouring operators whose remote args match.
+    """
+    kwargs: dict[str, Any] = {
+        "compute": ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        "batch_size": pool.batch_size,
+        "num_cpus": pool.num_cpus,
+    }
+    if num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
+    if resources:
+        kwargs["resources"] = dict(resources)
+    return kwargs
 
 
 def cluster_has_gpus() -> bool:

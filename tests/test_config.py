@@ -8,7 +8,19 @@ import sys
 import pytest
 from conftest import REPO
 
-from datajuicer_ray.config import ConfigError, fingerprint, load_curate_config, load_train_config, parse_shard
+from datajuicer_ray.config import (
+    ActorPoolConfig,
+    ConfigError,
+    RewriteConfig,
+    VisionConfig,
+    fingerprint,
+    fingerprinted,
+    load_curate_config,
+    load_train_config,
+    parse_shard,
+    unfingerprinted_keys,
+)
+from datajuicer_ray.vision.geometry import Geometry
 
 DRY = REPO / "conf" / "dry_run.yaml"
 
@@ -16,12 +28,13 @@ DRY = REPO / "conf" / "dry_run.yaml"
 def test_dry_run_config_loads_with_contract_defaults():
     cfg = load_curate_config(DRY)
     assert cfg.vision.keep_ratio == 0.5 and cfg.vision.min_confidence == 0.7
-    assert cfg.grid == 14 and cfg.keep_count == 98
+    geo = Geometry.from_vision(cfg.vision)
+    assert (geo.grid, geo.keep_count) == (14, 98)
 
 
 def test_overrides_apply_and_are_typed():
     cfg = load_curate_config(DRY, ["vision.keep_ratio=0.3", "input.columns.caption=TEXT"])
-    assert cfg.vision.keep_ratio == 0.3 and cfg.keep_count == round(0.3 * 196)
+    assert cfg.vision.keep_ratio == 0.3 and Geometry.from_vision(cfg.vision).keep_count == round(0.3 * 196)
     assert cfg.input.columns.caption == "TEXT"
 
 
@@ -68,6 +81,68 @@ def test_fingerprint_ignores_resources_but_not_semantics():
         load_curate_config(DRY, ["vision.batch_size=3", "vision.max_actors=8"])
     )
     assert fingerprint(a) != fingerprint(load_curate_config(DRY, ["vision.keep_ratio=0.25"]))
+
+
+def test_fingerprint_exclusions_are_declared_on_the_fields():
+    excluded = unfingerprinted_keys()
+    # Speed, slicing, location and transport: a resume on another cluster, slice or endpoint still matches.
+    assert {"ray", "vision.min_actors", "vision.num_gpus", "rewrite.max_actors", "rewrite.url"} <= excluded
+    assert {"input.shard", "output.path", "rewrite.allow_insecure_http"} <= excluded
+    # What a row becomes, including the keys that sit next to the resource knobs.
+    for key in (
+        "vision.keep_ratio",
+        "vision.image_size",
+        "vision.dtype",
+        "rewrite.model",
+        "input.sample_rows",
+    ):
+        assert key not in excluded and fingerprinted(key), key
+    assert not fingerprinted("ray.progress") and not fingerprinted("vision.batch_size")
+
+
+def test_fingerprint_follows_the_declarations():
+    base = ["input.path=in", "output.path=out"]
+    a = fingerprint(load_curate_config(None, base))
+    # The value every table curated before the exclusions moved onto the fields was stamped with: an
+    # accidental change here would refuse to resume every existing table.
+    assert a == "528b8655c8d9e391"
+    for speed in ("ray.progress=false", "rewrite.max_actors=2", "rewrite.batch_size=4", "input.max_files=3"):
+        assert fingerprint(load_curate_config(None, [*base, speed])) == a, speed
+    for semantic in ("vision.patch_size=14", "rewrite.enabled=true", "vision.retention=mass"):
+        assert fingerprint(load_curate_config(None, [*base, semantic])) != a, semantic
+
+
+def test_actor_pool_keys_are_shared_but_stay_per_section():
+    pools = ["vision.min_actors=2", "vision.max_actors=3", "rewrite.max_actors=4"]
+    cfg = load_curate_config(None, ["input.path=in", "output.path=out", *pools])
+    assert isinstance(cfg.vision, ActorPoolConfig) and isinstance(cfg.rewrite, ActorPoolConfig)
+    assert (cfg.vision.min_actors, cfg.vision.max_actors, cfg.rewrite.max_actors) == (2, 3, 4)
+    # Each section keeps its own default batch size.
+    assert (cfg.vision.batch_size, cfg.rewrite.batch_size) == (
+        VisionConfig.batch_size,
+        RewriteConfig.batch_size,
+    )
+    with pytest.raises(ConfigError, match="rewrite.min_actors: need 1 <= min_actors <= max_actors"):
+        load_curate_config(DRY, ["rewrite.min_actors=3", "rewrite.max_actors=2"])
+    with pytest.raises(ConfigError, match="vision.num_cpus: must be > 0"):
+        load_curate_config(DRY, ["vision.num_cpus=0"])
+
+
+def test_actor_pool_kwargs():
+    from datajuicer_ray.runtime import actor_pool_kwargs
+
+    v = VisionConfig(min_actors=2, max_actors=5, num_cpus=2.0, batch_size=8, resources={"node:x": 0.1})
+    kw = actor_pool_kwargs(v, num_gpus=1.0, resources=v.resources)
+    assert (kw["compute"].min_size, kw["compute"].max_size) == (2, 5)
+    assert (kw["batch_size"], kw["num_cpus"], kw["num_gpus"], kw["resources"]) == (
+        8,
+        2.0,
+        1.0,
+        {"node:x": 0.1},
+    )
+    # A pool without GPUs or resources asks for none: no num_gpus=0 or resources=None in its remote args.
+    kw = actor_pool_kwargs(RewriteConfig(max_actors=3, num_cpus=4.0))
+    assert set(kw) == {"compute", "batch_size", "num_cpus"} and kw["compute"].max_size == 3
 
 
 def test_train_config_names_bad_key():

@@ -89,3 +89,30 @@ def test_mass_retention_keeps_more_of_a_flat_map_than_of_a_peaked_one():
     kept = top_k_indices(peaked, k)
     assert peaked.reshape(-1)[kept].sum() / peaked.sum() >= 0.6
     assert peaked.reshape(-1)[top_k_indices(peaked, k - 1)].sum() / peaked.sum() < 0.6  # the fewest
+
+
+def test_geometry_from_the_config_and_back_from_the_run_record():
+    from datajuicer_ray.config import VisionConfig
+    from datajuicer_ray.vision.geometry import Geometry
+
+    geo = Geometry.from_vision(VisionConfig(image_size=112, patch_size=14, keep_ratio=0.25))
+    assert (geo.grid, geo.cells, geo.keep_count, geo.keep(0.5)) == (8, 64, 16, 32)
+    run = {"geometry": {**geo.record(), "keep_ratio": 0.25, "retention": "fixed"}}
+    assert Geometry.from_record(run, "t") == geo
+
+
+@pytest.mark.parametrize(
+    ("run", "error", "message"),
+    [
+        ({}, FileNotFoundError, "t: no run record"),  # never a guess at 224/16
+        ({"geometry": {}}, FileNotFoundError, "t: no run record"),
+        ({"geometry": {"S": 224}}, ValueError, "unusable"),
+        ({"geometry": {"S": 224, "P": 16, "G": 16}}, ValueError, "G=16 but S/P = 14"),
+        ({"geometry": {"S": 230, "P": 16, "G": 14}}, ValueError, "S=230 is not a positive multiple of P=16"),
+    ],
+)
+def test_a_table_without_a_usable_geometry_is_an_error(run, error, message):
+    from datajuicer_ray.vision.geometry import Geometry
+
+    with pytest.raises(error, match=message):
+        Geometry.from_record(run, "t")

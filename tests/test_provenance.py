@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import datajuicer_ray.provenance as provenance
-from datajuicer_ray.config import load_curate_config
+from datajuicer_ray.config import load_curate_config, to_dict
 from datajuicer_ray.provenance import local_revision, run_fingerprint
 
 
@@ -50,3 +50,11 @@ def test_a_local_model_directory_has_a_revision_from_its_files(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x" * 11)  # other weights
     assert local_revision(str(tmp_path)) != first
     assert local_revision("facebook/dino-vits16") is None  # a hub id: its own revision is used
+
+
+def test_a_conflict_names_only_the_settings_a_resume_must_match():
+    old = to_dict(_cfg())
+    new = to_dict(
+        _cfg("vision.keep_ratio=0.3", "vision.max_actors=4", "input.shard=1/4", "ray.progress=false")
+    )
+    assert provenance.config_difference(old, new) == "vision.keep_ratio: 0.5 -> 0.3"

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 
-from datajuicer_ray.config import CurateConfig, RewriteConfig
+from datajuicer_ray.config import ConfigError, CurateConfig, RewriteConfig
 from datajuicer_ray.io.schema import OBJECT_TYPE
 from datajuicer_ray.text import llm_processors as lp
 from datajuicer_ray.text.prompt import ANSWER_SCHEMA, PROMPT_VERSION, prompt_hash
@@ -146,15 +146,20 @@ def test_http_config_comes_from_our_config(monkeypatch):
     config = lp.http_config(
         _cfg(
             backend="http",
-            url="http://h:8000/v1/chat/completions",
+            url="https://h:8000/v1/chat/completions",
             qps=2.5,
             batch_size=5,
             api_key_env="MY_KEY",
         )
     )
-    assert config.url == "http://h:8000/v1/chat/completions"
+    assert config.url == "https://h:8000/v1/chat/completions"
     assert config.headers == {"Authorization": "Bearer s3cret"}
     assert (config.qps, config.batch_size, config.max_retries) == (3, 5, lp.HTTP_MAX_RETRIES)
+    # The key is never put in a header bound for plain http on another machine, unless said so.
+    with pytest.raises(ConfigError, match="rewrite.allow_insecure_http: rewrite.url is plain http:// to h"):
+        lp.http_config(_cfg(backend="http", url="http://h", api_key_env="MY_KEY"))
+    allowed = _cfg(backend="http", url="http://h", api_key_env="MY_KEY", allow_insecure_http=True)
+    assert lp.http_config(allowed).headers == {"Authorization": "Bearer s3cret"}
     monkeypatch.delenv("MY_KEY")
     assert lp.http_config(_cfg(backend="http", url="http://h")).headers is None
 

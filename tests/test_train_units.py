@@ -202,3 +202,24 @@ def test_bad_train_config_names_the_key(override, key):
 def test_shipped_configs_load(name):
     cfg = load_train_config(CONF / name, ["data.path=/somewhere"])
     assert cfg.train.steps >= 1
+
+
+def test_model_geometry_takes_open_clips_defaults_and_checks_the_grid():
+    from datajuicer_ray.train import factory
+
+    inline = {
+        "embed_dim": 16,
+        "vision_cfg": {"width": 32, "layers": 1},
+        "text_cfg": {"width": 32, "layers": 1},
+    }
+    spec = factory.spec(inline)  # sizes left out: open_clip builds 224 px, /16, 77 tokens
+    assert (spec.geometry.size, spec.geometry.patch, spec.geometry.grid, spec.context_length) == (
+        224,
+        16,
+        14,
+        77,
+    )
+    assert factory.spec("ViT-B-32").geometry.grid == 7
+    odd = {**inline, "vision_cfg": {"width": 32, "layers": 1, "image_size": 100, "patch_size": 16}}
+    with pytest.raises(ConfigError, match="model.name: no patch grid"):
+        factory.spec(odd)

@@ -401,3 +401,60 @@ def test_the_endpoint_check_names_the_key_it_needs(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "key", "refused"),
+    [
+        ("http://vllm-server:8000/v1/chat/completions", False, "s3cret", True),
+        ("HTTP://10.0.0.7/v1/chat/completions", False, "s3cret", True),
+        ("http://vllm-server:8000/v1/chat/completions", True, "s3cret", False),  # said so, on purpose
+        ("http://vllm-server:8000/v1/chat/completions", False, None, False),  # no key to leak
+        ("https://api.example.com/v1/chat/completions", False, "s3cret", False),
+        # Loopback never leaves the machine: a local server or an SSH tunnel needs no opt-in.
+        ("http://127.0.0.1:8000/v1/chat/completions", False, "s3cret", False),
+        ("http://127.0.0.5:8000/v1/chat/completions", False, "s3cret", False),
+        ("http://localhost:8000/v1/chat/completions", False, "s3cret", False),
+        ("http://[::1]:8000/v1/chat/completions", False, "s3cret", False),
+    ],
+)
+def test_an_api_key_never_goes_over_plain_http_to_another_machine(url, allow, key, refused, monkeypatch):
+    import datajuicer_ray.text.endpoint as endpoint
+
+    sent = []
+    monkeypatch.setattr(endpoint, "endpoint_error", lambda r, timeout: sent.append(r.url))
+    monkeypatch.delenv("DJ_TEST_KEY", raising=False)
+    if key:
+        monkeypatch.setenv("DJ_TEST_KEY", key)
+    r = RewriteConfig(
+        enabled=True, backend="http", url=url, api_key_env="DJ_TEST_KEY", allow_insecure_http=allow
+    )
+    problems = preflight.endpoint_problems(r)
+    if refused:
+        (problem,) = problems
+        assert problem.where == "rewrite.allow_insecure_http" and "https://" in problem.fix
+        assert key not in str(problem)
+        assert sent == [], "the test request would have carried the key"
+    else:
+        assert problems == [] and sent == [url]
+
+
+def test_the_cli_refuses_a_key_over_plain_http_before_any_work(world, monkeypatch, capsys):
+    import datajuicer_ray.pipeline
+
+    monkeypatch.setattr(datajuicer_ray.pipeline, "init_ray", _no_ray)
+    monkeypatch.setenv("DJ_TEST_KEY", "s3cret")
+    before = snapshot(world)
+    code = cli.main(
+        (
+            CURATE + " input.path={w}/data output.path={w}/out rewrite.enabled=true rewrite.backend=http "
+            "rewrite.model=tiny-random rewrite.url=http://10.0.0.7:8000/v1/chat/completions "
+            "rewrite.api_key_env=DJ_TEST_KEY"
+        )
+        .format(w=world)
+        .split()
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "error: rewrite.allow_insecure_http: rewrite.url is plain http:// to 10.0.0.7" in err
+    assert "s3cret" not in err and "Traceback" not in err
+    assert snapshot(world) == before

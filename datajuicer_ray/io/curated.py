@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from datajuicer_ray.io.table import SUMMARY_FILE, OutputTable
+from datajuicer_ray.vision.geometry import Geometry
 
 
 def data_files(path: str) -> list[str]:
@@ -37,9 +38,12 @@ def image_column(path: str) -> str | None:
     return cfg.get("input", {}).get("columns", {}).get("image", "jpg")
 
 
+def table_geometry(path: str) -> Geometry:
+    """The geometry of the table's patch indices, as its run recorded it. A table without one is an error
+    (FileNotFoundError), never a guess at the usual 224/16: indices on another grid name other pixels."""
+    return Geometry.from_record(read_run_info(path), path)
+
+
 def geometry(path: str) -> dict[str, int]:
-    """S, P and G of the table's patch indices, as its run recorded them."""
-    g = read_run_info(path).get("geometry")
-    if not g:
-        raise FileNotFoundError(f"{path}: no run record (_runs/*.json) with the table's geometry")
-    return {"S": int(g["S"]), "P": int(g["P"]), "G": int(g["G"])}
+    """``table_geometry`` as ``{"S", "P", "G"}``: the form ``train.data.open_source`` still reads."""
+    return table_geometry(path).record()

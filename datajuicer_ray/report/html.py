@@ -19,6 +19,7 @@ from datajuicer_ray.report import plots
 from datajuicer_ray.report.assets import CSS, JS
 from datajuicer_ray.report.groups import GroupPlan
 from datajuicer_ray.report.stats import FolderStats
+from datajuicer_ray.vision.geometry import Geometry
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Report:
     output_dir: str
     run_info: dict[str, Any]
     summary: dict[str, Any]
-    geometry: dict[str, int]
+    geometry: Geometry
     cards: list[Card]
     stats: FolderStats
     group_plan: GroupPlan
@@ -82,8 +83,8 @@ def _kpis(r: Report) -> list[tuple[str, Any]]:
         ("rewritten", rewritten),
         ("images / s", s.get("images_per_s", "?")),
         _retention(cfg.get("vision", {})),
-        *_kept_kpis(r.stats, g["G"]),
-        ("canonical view", f"S={g['S']} P={g['P']} G={g['G']}"),
+        *_kept_kpis(r.stats, g.grid),
+        ("canonical view", f"S={g.size} P={g.patch} G={g.grid}"),
     ]
 
 
@@ -183,7 +184,7 @@ def render(r: Report) -> str:
         classes=_by_count(Counter(label for c in r.cards for label in {label for label, _ in c.objects})),
         rewritten=[(v, rewritten.get(v, 0)) for v in ("yes", "no")],
         cards=r.cards,
-        grid=r.geometry["G"],
+        grid=r.geometry.grid,
         has_run_info=bool(info),
         facts=facts,
         config=json.dumps(info.get("config", {}), indent=2, sort_keys=True, default=str),

@@ -17,7 +17,7 @@ import fsspec
 import pyarrow as pa
 from markupsafe import Markup, escape
 
-from datajuicer_ray.io.curated import geometry, image_column, read_run_info, read_summary
+from datajuicer_ray.io.curated import image_column, read_run_info, read_summary, table_geometry
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report import html as page
 from datajuicer_ray.report.captions import diff_words
@@ -138,12 +138,12 @@ def build_report(output_dir: str, sample: int = 48, seed: int = 0, max_stat_rows
     rng = random.Random(seed)
     group_plan = plan(output_dir, rng)  # first: "not a curated table" is the error to give
     run_info, summary = read_run_info(output_dir), read_summary(output_dir)
-    geo = geometry(output_dir)
+    geo = table_geometry(output_dir)
     image_col = image_column(output_dir)
     drawn = sample_rows(group_plan, sample, rng, image_col)
     images_kept = bool(image_col and image_col in group_plan.columns)
-    cards = [make_card(r, geo["S"], geo["G"], images_kept) for r in drawn.rows]
-    stats = collect(group_plan, geo["G"], seed, max_rows=max_stat_rows)
+    cards = [make_card(r, geo.size, geo.grid, images_kept) for r in drawn.rows]
+    stats = collect(group_plan, geo.grid, seed, max_rows=max_stat_rows)
     return page.render(
         page.Report(
             output_dir=output_dir,

@@ -1,13 +1,50 @@
-"""Does the HTTP rewrite endpoint answer? One tiny chat request (1 token) before any work starts."""
+"""The HTTP rewrite endpoint before any work starts: may the API key go to it, and does it answer (one tiny
+chat request, 1 token)?"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 from datajuicer_ray.config import RewriteConfig
+
+
+def api_key(r: RewriteConfig) -> str | None:
+    """The endpoint's key from ``$rewrite.api_key_env``; None when the name or the value is empty."""
+    return (os.environ.get(r.api_key_env) or None) if r.api_key_env else None
+
+
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 and localhost are this machine: traffic to them never reaches a network, so a key
+    sent there in clear text is not exposed (a local vLLM server or SSH tunnel is the usual case)."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_key_error(r: RewriteConfig) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) when the API key would travel unencrypted to another machine: plain
+    ``http://`` to a host that is not loopback, with ``rewrite.allow_insecure_http`` off; else None."""
+    if r.allow_insecure_http or not r.url or api_key(r) is None:
+        return None
+    parts = urlsplit(str(r.url))
+    if parts.scheme.lower() != "http" or is_loopback(parts.hostname):
+        return None
+    return (
+        f"rewrite.url is plain http:// to {parts.hostname}, and ${r.api_key_env} holds an API key that would "
+        "cross the network unencrypted",
+        "use an https:// URL; or set rewrite.allow_insecure_http=true on a network you trust; or "
+        "rewrite.api_key_env='' if the endpoint needs no key",
+    )
 
 
 def endpoint_error(r: RewriteConfig, timeout: float) -> tuple[str, str] | None:
@@ -15,7 +52,7 @@ def endpoint_error(r: RewriteConfig, timeout: float) -> tuple[str, str] | None:
     the request or the data goes into the message."""
     body = {"model": r.model, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
     headers = {"Content-Type": "application/json"}
-    key = os.environ.get(r.api_key_env) if r.api_key_env else None
+    key = api_key(r)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(str(r.url), json.dumps(body).encode(), headers, method="POST")

@@ -28,15 +28,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from functools import lru_cache, partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datajuicer_ray.config import CurateConfig, RewriteConfig
+from datajuicer_ray.config import ConfigError, CurateConfig, RewriteConfig
 from datajuicer_ray.io.schema import output_schema
+from datajuicer_ray.text.endpoint import api_key, insecure_key_error
 from datajuicer_ray.text.guard import OK, GuardSettings
 from datajuicer_ray.text.models import BUILTINS, describe, resolve
 from datajuicer_ray.text.prompt import ANSWER_SCHEMA, special_tokens
@@ -123,7 +123,11 @@ def http_config(cfg: CurateConfig) -> Any:
     from ray.data.llm import HttpRequestProcessorConfig
 
     r = cfg.rewrite
-    key = os.environ.get(r.api_key_env) if r.api_key_env else None
+    # The preflight refuses this first; checked again where the header is built, for callers without one.
+    insecure = insecure_key_error(r)
+    if insecure:
+        raise ConfigError(f"rewrite.allow_insecure_http: {insecure[0]}; {insecure[1]}")
+    key = api_key(r)
     return HttpRequestProcessorConfig(
         url=r.url,
         headers={"Authorization": f"Bearer {key}"} if key else None,

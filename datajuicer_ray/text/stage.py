@@ -46,17 +46,15 @@ def add_rewrite_stage(ds: Any, cfg: CurateConfig) -> Any:
         return apply_llm_processor(ds, cfg)
     if r.backend != "transformers":
         raise ValueError(f"rewrite.backend: {r.backend!r} is not one of vllm, http, transformers")
-    import ray
+    from datajuicer_ray.runtime import actor_pool_kwargs
 
     if r.model in BUILTINS:
         resolve(r.model)  # convert/build the cached folder once, before the actors start
     return ds.map_batches(
         TransformersRewriter,
-        compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
-        batch_size=r.batch_size,
         batch_format="pyarrow",
-        num_cpus=r.num_cpus,
         fn_constructor_kwargs={"rewrite": r, "num_threads": max(1, int(r.num_cpus))},
+        **actor_pool_kwargs(r),
     )
 
 

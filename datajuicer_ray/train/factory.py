@@ -13,8 +13,10 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from datajuicer_ray.config import ConfigError
+from datajuicer_ray.vision.geometry import Geometry
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,11 @@ class ModelSpec:
     context_length: int
     mean: tuple[float, ...] = tuple(OPENAI_DATASET_MEAN)
     std: tuple[float, ...] = tuple(OPENAI_DATASET_STD)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The S and P the model sees: a curated table must have been made for the same."""
+        return Geometry(self.image_size, self.patch_size)
 
 
 def model_config(name: Any) -> dict:
@@ -48,12 +55,22 @@ def model_config(name: Any) -> dict:
 
 def spec(name: Any) -> ModelSpec:
     cfg = model_config(name)
-    v, t = cfg["vision_cfg"], cfg["text_cfg"]
-    return ModelSpec(
-        image_size=int(v.get("image_size", 224)),
-        patch_size=int(v.get("patch_size", 16)),
-        context_length=int(t.get("context_length", 77)),
-    )
+    # Read through open_clip's own config classes, as open_clip.CLIP builds the towers: a key the config
+    # leaves out takes open_clip's default (224 px, /16, 77 tokens), not one of ours that could drift.
+    try:
+        v, t = CLIPVisionCfg(**cfg["vision_cfg"]), CLIPTextCfg(**cfg["text_cfg"])
+    except TypeError as err:
+        raise ConfigError(f"model.name: not an open_clip vision/text config ({err})") from None
+    size = v.image_size
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise ConfigError(f"model.name: image_size {tuple(size)} is not square; the patch grid is G x G")
+        size = size[0]
+    try:
+        Geometry(int(size), int(v.patch_size))  # S must be a whole number of patches
+    except ValueError as err:
+        raise ConfigError(f"model.name: {err}") from None
+    return ModelSpec(image_size=int(size), patch_size=int(v.patch_size), context_length=int(t.context_length))
 
 
 def create_model(name: Any, seed: int = 0) -> torch.nn.Module:

@@ -25,13 +25,17 @@ def storage_uri(path: str) -> str:
 
 
 def check_geometry(cfg: TrainConfig, source: Any) -> None:
+    """The model must see the table's canonical view in the table's patches (``source`` is
+    ``train.data.Source``, whose S and P come from the table's run record)."""
     from datajuicer_ray.train import factory
+    from datajuicer_ray.vision.geometry import Geometry
 
-    spec = factory.spec(cfg.model.name)
-    if (spec.image_size, spec.patch_size) != (source.size, source.patch):
+    model = factory.spec(cfg.model.name).geometry
+    table = Geometry(source.size, source.patch)
+    if model.record() != table.record():
         raise ConfigError(
-            f"model.name: the model sees {spec.image_size} px in {spec.patch_size} px patches, but {source.path} "
-            f"was curated for S={source.size}, P={source.patch}; patch indices would name other pixels"
+            f"model.name: the model sees {model.size} px in {model.patch} px patches, but {source.path} "
+            f"was curated for S={table.size}, P={table.patch}; patch indices would name other pixels"
         )
 
 

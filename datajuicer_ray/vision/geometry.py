@@ -1,15 +1,86 @@
 """Patch-grid geometry shared by curation and training (CONTRACT.md, "Geometry").
 
 Canonical view: resize the shorter side to S (bicubic), centre-crop S x S. The target grid is G x G with
-G = S / P. A patch index is row-major in [0, G*G).
+G = S / P. A patch index is row-major in [0, G*G). :class:`Geometry` is the one place S, P and G (and the
+keep count of a ratio) are worked out: from the config when curating, from the run record when reading.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from datajuicer_ray.config import VisionConfig
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """S (canonical view side), P (patch side, the trained model's) and the fixed retention's keep ratio."""
+
+    size: int
+    patch: int
+    keep_ratio: float | None = None  # None: a table whose run record predates it, or a model's geometry
+
+    def __post_init__(self) -> None:
+        if self.patch < 1 or self.size < self.patch or self.size % self.patch:
+            raise ValueError(f"no patch grid: S={self.size} is not a positive multiple of P={self.patch}")
+
+    @property
+    def grid(self) -> int:
+        """G: the side of the target patch grid."""
+        return self.size // self.patch
+
+    @property
+    def cells(self) -> int:
+        return self.grid * self.grid
+
+    def keep(self, ratio: float) -> int:
+        """Patches kept of G*G at ``ratio``."""
+        return keep_count(ratio, self.grid)
+
+    @property
+    def keep_count(self) -> int:
+        """Patches every row keeps under fixed retention at the run's keep ratio."""
+        if self.keep_ratio is None:
+            raise ValueError("this geometry has no keep ratio")
+        return self.keep(self.keep_ratio)
+
+    @classmethod
+    def from_vision(cls, vision: VisionConfig) -> Geometry:
+        return cls(vision.image_size, vision.patch_size, vision.keep_ratio)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], where: str) -> Geometry:
+        """The geometry a run record's ``geometry`` entry states; ``where`` names the table in errors.
+
+        A table's indices mean nothing without it, so a missing or inconsistent entry is an error, never a
+        guess at the usual 224/16.
+        """
+        g = record.get("geometry") if isinstance(record, Mapping) else None
+        if not g:
+            raise FileNotFoundError(
+                f"{where}: no run record (_runs/*.json) with the table's geometry (S, P, G); "
+                "patch indices cannot be placed without it"
+            )
+        try:
+            geo = cls(
+                int(g["S"]), int(g["P"]), None if g.get("keep_ratio") is None else float(g["keep_ratio"])
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: the run record's geometry {dict(g)!r} is unusable ({err})") from None
+        if "G" in g and int(g["G"]) != geo.grid:
+            raise ValueError(f"{where}: the run record's geometry says G={g['G']} but S/P = {geo.grid}")
+        return geo
+
+    def record(self) -> dict[str, int]:
+        """S, P and G as the run record and the report show them."""
+        return {"S": self.size, "P": self.patch, "G": self.grid}
 
 
 def canonical_view(img: Image.Image, size: int) -> Image.Image:

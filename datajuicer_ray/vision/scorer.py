@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from datajuicer_ray.config import VisionConfig
 from datajuicer_ray.io import schema
 from datajuicer_ray.vision.geometry import (
-    keep_count,
+    Geometry,
     mass_keep_count,
     patch_content,
     resample_scores,
@@ -91,16 +91,15 @@ class PatchScorer:
         self.cfg = vision
         self.device = pick_device(vision.device)
         self.amp = autocast_dtype(vision.dtype, self.device)
-        self.size = vision.image_size
-        self.scorer_size = vision.scorer_image_size or vision.image_size
-        self.grid = vision.image_size // vision.patch_size
-        cells = self.grid * self.grid
-        self.k = keep_count(vision.keep_ratio, self.grid)
+        self.geometry = Geometry.from_vision(vision)
+        self.size, self.grid = self.geometry.size, self.geometry.grid
+        self.scorer_size = vision.scorer_image_size or self.size
+        self.k = self.geometry.keep_count
+        # Mass retention keeps at least one patch and never more than the grid has.
         self.mass_clamp = (
-            keep_count(vision.min_keep_ratio, self.grid),
-            keep_count(vision.max_keep_ratio, self.grid),
+            max(1, self.geometry.keep(vision.min_keep_ratio)),
+            min(self.geometry.cells, self.geometry.keep(vision.max_keep_ratio)),
         )
-        self.mass_clamp = (max(1, self.mass_clamp[0]), min(cells, self.mass_clamp[1]))
         self.cpu_threads = cpu_threads(vision) if self.device == "cpu" else 0
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
