@@ -213,6 +213,10 @@ class TrainDataConfig:
     caption_column: str = "caption_rewritten"
     hflip: bool = True
     shuffle_buffer: int = 256
+    # Length bucketing (train/data.py length_bucketed): each worker holds this many batches of rows, sorts
+    # them by kept count and emits whole batches of similar counts, so mass retention pads little. No-op for
+    # fixed retention (one count); 0 or 1 turns it off.
+    bucket_buffer: int = 16
     # Decode once and keep the decoded set in the object store across epochs (small sets, e.g. the dry run).
     materialize: bool = False
 
@@ -496,6 +500,7 @@ def _validate_train(cfg: TrainConfig) -> None:
     _require(t.log_every >= 1, "train.log_every", "must be >= 1")
     _require(t.grad_clip > 0, "train.grad_clip", "must be > 0")
     _require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+    _require(d.bucket_buffer >= 0, "data.bucket_buffer", "must be >= 0 (0 or 1: no length bucketing)")
     _require(bool(d.caption_column), "data.caption_column", "must be set")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _one_of(cfg.eval.templates, "eval.templates", ("simple", "openai"))
