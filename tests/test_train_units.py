@@ -214,3 +214,14 @@ def test_typed_config_in_the_worker_is_the_drivers_config():
     assert again.train.warmup_steps == 5 and again.data.bucket_buffer == 0
     assert in_model_buckets(again) == 4  # no stream bucketing: the in-batch bucketing stays
     assert in_model_buckets(load_train_config(CONF / "dry_run.yaml", ["data.path=/x"])) == 1
+
+
+def test_the_benchmarks_mass_side_has_fixed_retentions_mean_token_count():
+    """bench_train_step --stream compares like with like: same rows' mean kept count (98), and the stream
+    bucketing leaves only a few padded tokens per row on the mass side."""
+    from benchmarks.bench_train_step import stream_batches
+
+    batches = stream_batches(16, 8, 98)
+    assert len(batches) == 8 and all(b.shape[0] == 16 for b in batches)
+    assert sum(int((b >= 0).sum()) for b in batches) == 98 * 16 * 8
+    assert 98 < np.mean([b.shape[1] for b in batches]) < 98 * 1.08
