@@ -9,18 +9,22 @@ settings, so the bound on the speed-up is the ratio of forward FLOPs.
 
     python benchmarks/bench_train_step.py --quick     # batch 4, 5 reps each: under ~3 min on 2 cores
     python benchmarks/bench_train_step.py             # batch 16, 7 reps each
+    python benchmarks/bench_train_step.py --stream --batch 16 --buffer 16 --rounds 3 --buckets 1,4
+        # mass retention bucketed in the data stream (train/data.py length_bucketed) vs fixed retention
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import torch
 from open_clip import ClipLoss
 
+from datajuicer_ray.train.data import length_bucketed
 from datajuicer_ray.train.factory import create_model, model_config
 from datajuicer_ray.train.kept_patches import KeptPatchCLIP
 from datajuicer_ray.train.schedule import make_optimizer
@@ -101,6 +105,48 @@ def measure_variable(
     lo, hi = round(keep * (1 - spread)), round(keep * (1 + spread))
     counts = [round(lo + (hi - lo) * i / max(1, batch - 1)) for i in range(batch)]
     return _alternate(batch, reps, lambda: (_kept(batch, [keep] * batch), _kept(batch, counts)), buckets)
+
+
+def mass_counts(rows: int, keep: int, spread: float = 0.5, seed: int = 0) -> list[int]:
+    """``rows`` kept counts spread evenly over keep*(1-spread)..keep*(1+spread) (mean ``keep``), shuffled as
+    the data stream would deliver them."""
+    lo, hi = round(keep * (1 - spread)), round(keep * (1 + spread))
+    counts = [round(lo + (hi - lo) * i / max(1, rows - 1)) for i in range(rows)]
+    return [counts[i] for i in torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).tolist()]
+
+
+def stream_batches(batch: int, buffer: int, keep: int) -> list[torch.Tensor]:
+    """The index tensors the training loop gets for one buffer of mass-retention rows: the real
+    ``length_bucketed`` regrouping (similar counts per batch, trimmed to each batch's longest row)."""
+    counts = mass_counts(batch * buffer, keep)
+    index = _kept(len(counts), counts).numpy()
+    out = length_bucketed([{"patch_index": index}], batch, buffer, seed=0)
+    return [torch.from_numpy(b["patch_index"]) for b in out]
+
+
+def measure_stream(
+    batch: int, buffer: int, rounds: int, keep: int, buckets: int
+) -> tuple[list[float], list[float], float]:
+    """Per round: every batch of one stream-bucketed buffer of mass rows (mean ``keep``) against as many
+    fixed-``keep`` batches, the two sides alternating which goes first. Returns the per-round totals (fixed,
+    mass) and the padded tokens per row of the mass side."""
+    torch.manual_seed(0)
+    model = KeptPatchCLIP(create_model(MODEL), buckets=buckets).train()
+    optimizer = make_optimizer(model.clip, 5e-4, 0.2)
+    loss_fn = ClipLoss()
+    images = torch.randn(batch, 3, 224, 224)
+    text = torch.randint(1, 49407, (batch, 77))
+    mass = stream_batches(batch, buffer, keep)
+    fixed = [_kept(batch, [keep] * batch) for _ in mass]
+    padded = statistics.mean(m.shape[1] for m in mass)
+    for index in (fixed[0], mass[0], mass[-1]):  # warm-up: allocator, first-call dispatch
+        _step(model, optimizer, loss_fn, images, text, index)
+    t_fixed, t_mass = [], []
+    for r in range(rounds):
+        sides = [(t_fixed, fixed), (t_mass, mass)]
+        for times, indices in sides if r % 2 == 0 else sides[::-1]:
+            times.append(sum(_step(model, optimizer, loss_fn, images, text, i) for i in indices))
+    return t_fixed, t_mass, padded
 
 
 def _spread(xs: list[float]) -> str:
@@ -191,7 +237,30 @@ def main() -> None:
     )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument(
+        "--stream",
+        action="store_true",
+        help="mass rows bucketed in the data stream (data.bucket_buffer) vs fixed; --buckets: in-model buckets",
+    )
+    ap.add_argument("--buffer", type=int, default=16, help="--stream: batches per bucketing buffer")
+    ap.add_argument("--rounds", type=int, default=3, help="--stream: alternated rounds")
     args = ap.parse_args()
+    if args.stream:
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {MODEL}, {os.getloadavg()=}"
+        )
+        for buckets in (int(b) for b in (args.buckets or "1").split(",")):
+            fixed, mass, padded = measure_stream(args.batch, args.buffer, args.rounds, 98, buckets)
+            ratios = [f / m for f, m in zip(fixed, mass)]  # rate mass / rate fixed, per alternated round
+            print(
+                f"STREAM batch {args.batch} buffer {args.buffer} in-model buckets {buckets}: "
+                f"fixed 98 tokens {_spread(fixed)}; mass 49-147 (mean 98, padded to {padded:.1f}) "
+                f"{_spread(mass)}; RATIO mass/fixed rate median {statistics.median(ratios):.3f} "
+                f"(range {min(ratios):.3f}-{max(ratios):.3f}, n={len(ratios)}) [target >= 0.9: "
+                f"{'met' if statistics.median(ratios) >= 0.9 else 'NOT met'}]",
+                flush=True,
+            )
+        return
     if args.buckets:
         for buckets in (int(b) for b in args.buckets.split(",")):
             fixed, varied = measure_variable(args.batch, args.reps, 98, buckets=buckets)

@@ -184,6 +184,18 @@ def test_cli_trains_on_the_dry_run_curation_then_resumes(ray_local, curated_dir,
     assert {float(v["step"]) for v in state["optimizer"]["state"].values()} == {15.0}
 
 
+def test_two_workers_train_on_varied_kept_counts_bucketed_in_the_stream(ray_local, curated_like, tmp_path):
+    """Rows of different kept counts (the table's 60-80 and 98) through length_bucketed on each of the two
+    gloo workers: both take the same steps (the run would hang in DDP otherwise) over several epochs."""
+    from datajuicer_ray.train.job import run_training
+
+    cfg = _cfg(curated_like, tmp_path, "train.steps=5", "data.bucket_buffer=2", "data.materialize=false")
+    summary = run_training(cfg)
+    m = summary["metrics"]
+    assert m["step"] == 5 and m["epoch"] >= 1 and np.isfinite(m["loss"])
+    assert summary["checkpoint"] is not None
+
+
 def test_training_at_another_keep_ratio_uses_the_patches_that_curation_would_keep(ray_local, tmp_path):
     """A table curated at 0.5 trained at data.keep_ratio=0.3 sees exactly what a 0.3 curation keeps."""
     from inputs import img2dataset_parquet

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from datajuicer_ray.config import ConfigError, load_train_config
-from datajuicer_ray.train.data import is_held_out, pick_caption, training_view
+from datajuicer_ray.train.data import is_held_out, kept_counts, length_bucketed, pick_caption, training_view
 from datajuicer_ray.train.evaluate import recall_at_k, retrieval, zero_shot
 from datajuicer_ray.train.schedule import warmup_cosine_factor
 from datajuicer_ray.vision.decode import canonical_pixels
@@ -190,6 +190,7 @@ def test_zero_shot_matches_the_model_s_own_logits(tmp_path):
         ("data.val_fraction=1.0", "data.val_fraction"),
         ("eval.templates=fancy", "eval.templates"),
         ("train.cpus_per_worker=0", "train.cpus_per_worker"),
+        ("data.bucket_buffer=-1", "data.bucket_buffer"),
         ("trian.steps=3", "trian"),
     ],
 )
@@ -223,3 +224,92 @@ def test_model_geometry_takes_open_clips_defaults_and_checks_the_grid():
     odd = {**inline, "vision_cfg": {"width": 32, "layers": 1, "image_size": 100, "patch_size": 16}}
     with pytest.raises(ConfigError, match="model.name: no patch grid"):
         factory.spec(odd)
+
+
+def test_schedule_is_open_clips_and_transformers_only_in_the_warm_up_start():
+    """Ours equals open_clip's own cosine_lr at every step; transformers' cosine-with-warmup equals it after
+    the warm-up but starts at 0 (one step late), which is why the schedule is not the library's."""
+    from open_clip_train.scheduler import cosine_lr
+    from transformers import get_cosine_schedule_with_warmup
+
+    warmup, total = 10, 110
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    open_clip_lr = cosine_lr(opt, 1.0, warmup, total)
+    ours = [warmup_cosine_factor(s, warmup, total) for s in range(total)]
+    assert ours == pytest.approx([open_clip_lr(s) for s in range(total)], abs=1e-12)
+    library = get_cosine_schedule_with_warmup(opt, warmup, total).lr_lambdas[0]
+    assert library(0) == 0.0 and ours[0] == pytest.approx(1 / warmup)  # the library wastes step 0
+    assert [library(s) for s in range(1, warmup)] == pytest.approx(ours[: warmup - 1])  # one step late
+    assert [library(s) for s in range(warmup, total)] == pytest.approx(ours[warmup:], abs=1e-12)
+    no_warmup = get_cosine_schedule_with_warmup(opt, 0, total).lr_lambdas[0]
+    assert [warmup_cosine_factor(s, 0, total) for s in (0, 1, 55)] == pytest.approx(
+        [no_warmup(s) for s in (0, 1, 55)]
+    )
+
+
+def _rows_with_counts(counts: list[int]) -> dict[str, np.ndarray]:
+    """A numpy batch as the training shard yields it: ids stand in for images, indices padded with -1."""
+    index = np.full((len(counts), 196), -1, dtype=np.int16)
+    for row, n in enumerate(counts):
+        index[row, :n] = np.arange(n)
+    return {"id": np.arange(len(counts)), "patch_index": index}
+
+
+def _split(rows: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
+    edges = np.cumsum([0, *sizes])
+    return [{k: v[a:b] for k, v in rows.items()} for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def test_length_buckets_group_similar_counts_and_keep_every_whole_batch():
+    counts = np.random.default_rng(0).integers(20, 177, 203).tolist()  # mass retention: counts vary
+    stream = _split(_rows_with_counts(counts), [50, 7, 64, 1, 81])  # the stream's batches have any size
+    out = list(length_bucketed(stream, batch_size=8, buffer_batches=5, seed=3))
+    assert len(out) == 203 // 8  # as many steps as drop_last iteration: DDP ranks stay in step
+    ids = np.concatenate([b["id"] for b in out])
+    assert len(set(ids.tolist())) == len(ids) == 25 * 8  # no row twice; only the last partial batch dropped
+    assert set(ids.tolist()) <= set(range(200))  # dropped rows are from the end of the stream
+    spans, longest = [], []
+    for b in out:
+        n = kept_counts(b["patch_index"])
+        assert b["patch_index"].shape[1] == n.max()  # trimmed to the batch's longest row
+        assert np.array_equal(n, [counts[i] for i in b["id"]])  # indices travel with their row
+        spans.append(int(n.max() - n.min()))
+        longest.append(int(n.max()))
+    # A buffer of 5 batches: each spans ~1/5 of the counts' range (157); the stream's own batches of 8 ~2/3.
+    plain = [np.ptp(counts[i : i + 8]) for i in range(0, 200, 8)]
+    assert np.median(spans) < 40 < 90 < np.median(plain)
+    # Batches leave in random order, not sorted by length.
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    # The same seed gives the same batches: a resumed epoch replays and skips exactly what was consumed.
+    again = list(length_bucketed(_split(_rows_with_counts(counts), [50, 7, 64, 1, 81]), 8, 5, seed=3))
+    assert all(np.array_equal(a["id"], b["id"]) for a, b in zip(out, again, strict=True))
+
+
+def test_length_buckets_are_a_no_op_for_fixed_retention():
+    rows = _rows_with_counts([98] * 37)
+    out = list(length_bucketed(_split(rows, [10, 27]), batch_size=4, buffer_batches=3, seed=0))
+    assert [b["id"].tolist() for b in out] == [list(range(i, i + 4)) for i in range(0, 36, 4)]
+    assert all(b["patch_index"].shape == (4, 98) for b in out)
+
+
+def test_typed_config_in_the_worker_is_the_drivers_config():
+    from datajuicer_ray.config import to_dict
+    from datajuicer_ray.train.loop import in_model_buckets, typed_config
+
+    cfg = load_train_config(CONF / "dry_run.yaml", ["data.path=/somewhere", "data.bucket_buffer=0"])
+    again = typed_config(to_dict(cfg))
+    assert again == cfg and isinstance(again.model.name, dict)
+    assert again.train.warmup_steps == 5 and again.data.bucket_buffer == 0
+    assert in_model_buckets(again) == 4  # no stream bucketing: the in-batch bucketing stays
+    assert in_model_buckets(load_train_config(CONF / "dry_run.yaml", ["data.path=/x"])) == 1
+
+
+def test_the_benchmarks_mass_side_has_fixed_retentions_mean_token_count():
+    """bench_train_step --stream compares like with like: same rows' mean kept count (98), and the stream
+    bucketing leaves only a few padded tokens per row on the mass side."""
+    from benchmarks.bench_train_step import stream_batches
+
+    batches = stream_batches(16, 8, 98)
+    assert len(batches) == 8 and all(b.shape[0] == 16 for b in batches)
+    assert sum(int((b >= 0).sum()) for b in batches) == 98 * 16 * 8
+    assert 98 < np.mean([b.shape[1] for b in batches]) < 98 * 1.08

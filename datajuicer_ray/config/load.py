@@ -197,6 +197,7 @@ def _validate_train(cfg: TrainConfig) -> None:
     _require(t.log_every >= 1, "train.log_every", "must be >= 1")
     _require(t.grad_clip > 0, "train.grad_clip", "must be > 0")
     _require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+    _require(d.bucket_buffer >= 0, "data.bucket_buffer", "must be >= 0 (0 or 1: no length bucketing)")
     _require(bool(d.caption_column), "data.caption_column", "must be set")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _one_of(cfg.eval.templates, "eval.templates", ("simple", "openai"))

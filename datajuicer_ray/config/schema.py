@@ -231,6 +231,10 @@ class TrainDataConfig:
     caption_column: str = "caption_rewritten"
     hflip: bool = True
     shuffle_buffer: int = 256
+    # Length bucketing (train/data.py length_bucketed): each worker holds this many batches of rows, sorts
+    # them by kept count and emits whole batches of similar counts, so mass retention pads little. No-op for
+    # fixed retention (one count); 0 or 1 turns it off.
+    bucket_buffer: int = 16
     # Decode once and keep the decoded set in the object store across epochs (small sets, e.g. the dry run).
     materialize: bool = False
 

@@ -42,8 +42,3 @@ def table_geometry(path: str) -> Geometry:
     """The geometry of the table's patch indices, as its run recorded it. A table without one is an error
     (FileNotFoundError), never a guess at the usual 224/16: indices on another grid name other pixels."""
     return Geometry.from_record(read_run_info(path), path)
-
-
-def geometry(path: str) -> dict[str, int]:
-    """``table_geometry`` as ``{"S", "P", "G"}``: the form ``train.data.open_source`` still reads."""
-    return table_geometry(path).record()

@@ -8,12 +8,16 @@ leaves as fixed-shape arrays so ``iter_torch_batches`` can stack it:
 - ``image``: uint8 [3, S, S] (normalised on the device: 4x less object-store traffic than float32)
 - ``text``: int64 [context_length]
 - ``patch_index``: int16 [G*G], the kept indices first, then -1
+
+Rows of different kept counts (mass retention) are regrouped on each training worker by
+:func:`length_bucketed`, so that a batch holds rows of similar counts and pads only to a near-uniform length.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +29,7 @@ from datajuicer_ray.config import ConfigError
 from datajuicer_ray.io import curated
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.vision.decode import canonical_pixels
-from datajuicer_ray.vision.geometry import flip_indices, keep_count, top_k_indices
+from datajuicer_ray.vision.geometry import Geometry, flip_indices, keep_count, top_k_indices
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +41,7 @@ class Source:
     path: str
     parts: tuple[str, ...]
     image_column: str
-    size: int
-    patch: int
-    grid: int
+    geometry: Geometry  # as the table's run recorded it
 
 
 def open_source(path: str) -> Source:
@@ -54,8 +56,7 @@ def open_source(path: str) -> Source:
         raise ConfigError(
             f"data.path: {path!r} was curated with output.keep_image=false; training needs the images"
         )
-    geo = curated.geometry(path)
-    return Source(path, tuple(parts), column, geo["S"], geo["P"], geo["G"])
+    return Source(path, tuple(parts), column, curated.table_geometry(path))
 
 
 def is_held_out(key: str, fraction: float) -> bool:
@@ -116,11 +117,11 @@ class Decode:
         self.caption_column, self.val_fraction = caption_column, val_fraction
         self.split, self.hflip = split, hflip
         # data.keep_ratio: choose from the stored score map, exactly as curation would have at that ratio
-        self.keep = None if keep_ratio is None else keep_count(keep_ratio, source.grid)
+        self.keep = None if keep_ratio is None else keep_count(keep_ratio, source.geometry.grid)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        g, s = self.source.grid, self.source.size
+        g, s = self.source.geometry.grid, self.source.geometry.size
         cols = batch.to_pydict()
         images, texts, indices = [], [], []
         for i, key in enumerate(cols["key"]):
@@ -155,7 +156,7 @@ class Decode:
         return top_k_indices(np.asarray(scores, dtype=np.float32), self.keep)
 
     def _arrays(self, images: list, texts: list[str], indices: list) -> dict[str, np.ndarray]:
-        g, s = self.source.grid, self.source.size
+        g, s = self.source.geometry.grid, self.source.geometry.size
         tok = _tokenizer(self.model_name)
         if not images:
             ctx = int(tok.context_length)
@@ -213,3 +214,76 @@ def build_dataset(
         batch_size=batch_rows,
     )
     return ds.materialize() if materialize else ds
+
+
+def kept_counts(patch_index: np.ndarray) -> np.ndarray:
+    """Kept patches per row of a padded [B, L] index array (valid indices first, then -1)."""
+    return (np.asarray(patch_index) >= 0).sum(axis=1)
+
+
+def _take(rows: dict[str, np.ndarray], idx: np.ndarray, longest: int) -> dict[str, np.ndarray]:
+    out = {k: v[idx] for k, v in rows.items()}
+    # Trim the index to the batch's longest row: past it every row is padding, and shipping it to the device
+    # or the model costs time for nothing.
+    out["patch_index"] = out["patch_index"][:, :longest]
+    return out
+
+
+def _emit(rows: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Whole batches out of ``rows`` (a multiple of ``batch_size`` long), grouped by kept count."""
+    counts = kept_counts(rows["patch_index"])
+    n = len(counts)
+    if n == 0:
+        return
+    if bool((counts == counts[0]).all()):
+        # One kept count (fixed retention): keep the stream's own (shuffled) order, so bucketing is a no-op.
+        for start in range(0, n, batch_size):
+            yield _take(rows, np.arange(start, start + batch_size), int(counts[0]))
+        return
+    # Stable sort: rows of equal counts stay in the stream's shuffled order. Each batch is a run of the sorted
+    # rows, so it spans only ~1/(n/batch_size) of the counts' range; the batches then leave in random order so
+    # that short and long batches interleave and the gradient does not drift with the length.
+    chunks = np.argsort(counts, kind="stable").reshape(-1, batch_size)
+    for c in rng.permutation(len(chunks)):
+        yield _take(rows, chunks[c], int(counts[chunks[c]].max()))
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def length_bucketed(
+    batches: Iterable[dict[str, np.ndarray]], batch_size: int, buffer_batches: int, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Regroup a (shuffled) stream of numpy batches into ``batch_size`` batches of similar kept counts.
+
+    Holds ``buffer_batches * batch_size`` rows at a time, sorts them by kept count, cuts the sorted rows into
+    whole batches and emits those in a random order (``seed``). Rows left at the end of the stream that do
+    not fill a batch are dropped, like ``drop_last``: the number of batches is ``rows // batch_size``, the
+    same as unbucketed iteration, so data-parallel workers with equal shards (Ray Train splits with
+    ``equal=True``) still take the same number of steps. Fixed retention (one count) passes through in order.
+    """
+    if batch_size < 1 or buffer_batches < 1:
+        raise ValueError(f"length_bucketed: batch_size={batch_size}, buffer_batches={buffer_batches}")
+    rng = np.random.default_rng(seed)
+    hold = batch_size * buffer_batches
+    pending: list[dict[str, np.ndarray]] = []
+    held = 0
+    for batch in batches:
+        n = len(batch["patch_index"])
+        if n == 0:
+            continue
+        pending.append(batch)
+        held += n
+        while held >= hold:
+            rows = _concat(pending)
+            yield from _emit({k: v[:hold] for k, v in rows.items()}, batch_size, rng)
+            rest = {k: v[hold:] for k, v in rows.items()}
+            held -= hold
+            pending = [rest] if held else []
+    if held >= batch_size:
+        rows = _concat(pending)
+        whole = held - held % batch_size
+        yield from _emit({k: v[:whole] for k, v in rows.items()}, batch_size, rng)

@@ -26,12 +26,11 @@ def storage_uri(path: str) -> str:
 
 def check_geometry(cfg: TrainConfig, source: Any) -> None:
     """The model must see the table's canonical view in the table's patches (``source`` is
-    ``train.data.Source``, whose S and P come from the table's run record)."""
+    ``train.data.Source``, whose geometry comes from the table's run record)."""
     from datajuicer_ray.train import factory
-    from datajuicer_ray.vision.geometry import Geometry
 
     model = factory.spec(cfg.model.name).geometry
-    table = Geometry(source.size, source.patch)
+    table = source.geometry
     if model.record() != table.record():
         raise ConfigError(
             f"model.name: the model sees {model.size} px in {model.patch} px patches, but {source.path} "

@@ -6,7 +6,9 @@ image, [CLS] plus the tokens named by its indices. Because the positional embedd
 token still carries the position of its pixels. It gathers in train *and* eval mode (``PatchDropout`` is a no-op
 in eval); with no indices set it is the identity, so the stock forward is unchanged.
 
-Variable lengths: **pad to the batch maximum and mask**, rather than bucket by length.
+Variable lengths: **pad to the batch maximum and mask**. The training stream already groups rows of similar
+kept counts (``train/data.py`` ``length_bucketed``), so a batch pads only a few tokens; without it,
+:func:`encode_image_kept` can split a batch into length buckets itself (``buckets``), at the cost of more calls.
 - One transformer call per batch whatever the mix of lengths, so adaptive retention costs no extra kernel
   launches and ``ClipLoss`` sees the batch in its original order.
 - Padding slots repeat the image's first kept index (any real token works: its value never reaches a real token),

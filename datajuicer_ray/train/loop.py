@@ -5,6 +5,9 @@ with the text tower, and computes open_clip's ``ClipLoss`` against the features 
 (``local_loss`` + ``gather_with_grad``: each worker builds only its rows of the logit matrix, and gradients
 flow through the gathered features). Resume: ``ray.train.get_checkpoint()`` restores model, optimizer,
 scheduler, step and data position (epoch + batches consumed, replayed with the same shuffle seed).
+
+Ray Train hands the worker the config as a plain dict (what crosses processes); :func:`typed_config` makes it a
+``TrainConfig`` again, so the loop reads typed attributes, not string keys.
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from open_clip import ClipLoss
 
+from datajuicer_ray.config import TrainConfig
 from datajuicer_ray.train import checkpoint as ckpt
 from datajuicer_ray.train import evaluate, factory
+from datajuicer_ray.train.data import length_bucketed
 from datajuicer_ray.train.kept_patches import KeptPatchCLIP
 from datajuicer_ray.train.schedule import make_optimizer, warmup_cosine
 
@@ -43,32 +50,56 @@ def _mean_across_workers(value: float, device: torch.device) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+def typed_config(config: dict[str, Any]) -> TrainConfig:
+    """The dict Ray Train passes (``config.to_dict`` of the driver's validated config) as a TrainConfig."""
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), config))
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"train config: expected a TrainConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def make_loss(rank: int, world: int) -> ClipLoss:
+    """open_clip's loss across workers: each rank builds only its rows of the logit matrix (``local_loss``)
+    against every rank's features, gathered with their autograd graph (``gather_with_grad``), so DDP's mean of
+    the ranks' gradients is the gradient of the loss on the whole global batch (tests/test_train_loss_gather)."""
+    return ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
+
+
+def in_model_buckets(cfg: TrainConfig) -> int:
+    """Length buckets inside a batch (``encode_image_kept``). When the data stream already groups rows of
+    similar kept counts a batch is near-uniform, and splitting it into several smaller calls costs more than
+    the few padded tokens it saves (docs/benchmarks.md); without stream bucketing, 4 buckets is the measured
+    best."""
+    return 1 if cfg.data.bucket_buffer > 1 else 4
+
+
 class Trainer:
     """State of one worker's run; :meth:`run` is the loop."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        t = config["train"]
+        self.raw = config  # saved in checkpoints as it came
+        self.cfg = cfg = typed_config(config)
+        t = cfg.train
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.steps, self.precision = int(t["steps"]), t["precision"]
-        self.local_batch = int(t["batch_size"]) // self.world
-        self.kept = bool(config["data"]["kept_patches"])
-        spec = factory.spec(config["model"]["name"])
+        self.steps, self.precision = t.steps, t.precision
+        self.local_batch = t.batch_size // self.world
+        self.kept = cfg.data.kept_patches
+        spec = factory.spec(cfg.model.name)
         self.mean = torch.tensor(spec.mean, device=self.device)
         self.std = torch.tensor(spec.std, device=self.device)
         self.image_size = spec.image_size
 
-        self.clip = factory.create_model(config["model"]["name"], seed=int(t["seed"]))
+        self.clip = factory.create_model(cfg.model.name, seed=t.seed)
         state = None
         start = ray.train.get_checkpoint()
         if start is not None:
             state = ckpt.load_state(start)
             self.clip.load_state_dict(state["model"])
-        self.model = ray.train.torch.prepare_model(KeptPatchCLIP(self.clip))
-        self.optimizer = make_optimizer(self.clip, float(t["lr"]), float(t["weight_decay"]))
-        self.scheduler = warmup_cosine(self.optimizer, int(t["warmup_steps"]), self.steps)
+        self.model = ray.train.torch.prepare_model(KeptPatchCLIP(self.clip, buckets=in_model_buckets(cfg)))
+        self.optimizer = make_optimizer(self.clip, t.lr, t.weight_decay)
+        self.scheduler = warmup_cosine(self.optimizer, t.warmup_steps, self.steps)
         self.pos = ckpt.Position()
         self.resumed_from = -1
         if state is not None:
@@ -81,9 +112,7 @@ class Trainer:
                     self.pos.epoch,
                     self.pos.batch_in_epoch,
                 )
-        self.loss = ClipLoss(
-            local_loss=True, gather_with_grad=True, cache_labels=True, rank=self.rank, world_size=self.world
-        )
+        self.loss = make_loss(self.rank, self.world)
 
     # ------------------------------------------------------------------------------------------
 
@@ -100,7 +129,7 @@ class Trainer:
             loss = self.loss(image_f, text_f, scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.config["train"]["grad_clip"]))
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         with torch.no_grad():
@@ -121,50 +150,64 @@ class Trainer:
             "seconds_per_step": seconds,
         }
 
-    def _batches(self, epoch: int):
-        d, t = self.config["data"], self.config["train"]
+    def _batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        d = self.cfg.data
         shard = ray.train.get_dataset_shard("train")
-        return shard.iter_torch_batches(
-            batch_size=self.local_batch,
-            drop_last=True,
-            local_shuffle_buffer_size=int(d["shuffle_buffer"]) or None,
-            local_shuffle_seed=int(t["seed"]) * 100_003 + epoch * 1_009 + self.rank,
+        # The same seed on a replay: a resumed epoch skips exactly the batches the checkpoint had consumed.
+        seed = self.cfg.train.seed * 100_003 + epoch * 1_009 + self.rank
+        shuffle = d.shuffle_buffer or None
+        if not (self.kept and d.bucket_buffer > 1):
+            yield from shard.iter_torch_batches(
+                batch_size=self.local_batch,
+                drop_last=True,
+                local_shuffle_buffer_size=shuffle,
+                local_shuffle_seed=seed,
+            )
+            return
+        # Rows of similar kept counts together (mass retention pads to a near-uniform length). Every worker
+        # still yields rows // local_batch batches of its equal shard, so the ranks stay in step.
+        rows = shard.iter_batches(
+            batch_size=self.local_batch * d.bucket_buffer,
+            batch_format="numpy",
+            local_shuffle_buffer_size=shuffle,
+            local_shuffle_seed=seed,
         )
+        for batch in length_bucketed(rows, self.local_batch, d.bucket_buffer, seed):
+            yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def _evaluate(self) -> dict[str, Any]:
         """Rank 0 only; the others wait at the next report."""
-        e = self.config["eval"]
+        e = self.cfg.eval
         out: dict[str, Any] = {}
-        if self.config["data"]["val_fraction"] > 0:
-            val = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=int(e["batch_size"]))
+        if self.cfg.data.val_fraction > 0:
+            val = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=e.batch_size)
             r = evaluate.retrieval_on_batches(
-                self.clip, val, self.device, self.mean, self.std, e["kept_patches"]
+                self.clip, val, self.device, self.mean, self.std, e.kept_patches
             )
             out.update({f"val_{k}": v for k, v in r.items()})
-        if e["zero_shot_path"]:
-            tok = factory.tokenizer(self.config["model"]["name"])
+        if e.zero_shot_path:
+            tok = factory.tokenizer(self.cfg.model.name)
             z = evaluate.zero_shot(
                 self.clip,
                 tok,
-                e["zero_shot_path"],
+                e.zero_shot_path,
                 self.image_size,
                 self.device,
                 self.mean,
                 self.std,
-                int(e["batch_size"]),
-                e["templates"],
+                e.batch_size,
+                e.templates,
             )
             out.update(z)
         return out
 
     def _report(self, loss: float, seconds: float, final: bool) -> None:
-        t = self.config["train"]
         metrics = self.metrics(loss, seconds)
         if final and self.rank == 0:
             metrics.update(self._evaluate())
-        if final or self.pos.step % int(t["checkpoint_every"]) == 0:
+        if final or self.pos.step % self.cfg.train.checkpoint_every == 0:
             ckpt.report_with_checkpoint(
-                metrics, self.clip, self.optimizer, self.scheduler, self.pos, self.config, self.rank
+                metrics, self.clip, self.optimizer, self.scheduler, self.pos, self.raw, self.rank
             )
         else:
             ray.train.report(metrics, checkpoint=None)
@@ -172,8 +215,7 @@ class Trainer:
             log.info("step %d/%d loss %.4f lr %.2e", self.pos.step, self.steps, loss, metrics["lr"])
 
     def run(self) -> None:
-        t = self.config["train"]
-        log_every = int(t["log_every"])
+        log_every, checkpoint_every = self.cfg.train.log_every, self.cfg.train.checkpoint_every
         if self.pos.step >= self.steps:
             if self.rank == 0:
                 log.info(
@@ -199,7 +241,7 @@ class Trainer:
                 self.pos.step += 1
                 self.pos.batch_in_epoch = seen
                 final = self.pos.step >= self.steps
-                if final or self.pos.step % log_every == 0 or self.pos.step % int(t["checkpoint_every"]) == 0:
+                if final or self.pos.step % log_every == 0 or self.pos.step % checkpoint_every == 0:
                     # Mean over the steps since the last report and over workers: one batch is too noisy.
                     loss = _mean_across_workers(sum(window) / len(window), self.device)
                     self.pos.history.append([self.pos.step, loss])
@@ -219,5 +261,5 @@ class Trainer:
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point (``train_loop_per_worker``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.manual_seed(int(config["train"]["seed"]))
+    torch.manual_seed(typed_config(config).train.seed)
     Trainer(config).run()

@@ -28,7 +28,12 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 
 
 def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
-    """Multiplier of the base LR at ``step`` (0-based): linear from 1/warmup up to 1, cosine down to 0."""
+    """Multiplier of the base LR at ``step`` (0-based): linear from 1/warmup up to 1, cosine down to 0.
+
+    This is open_clip's ``cosine_lr`` (open_clip_train.scheduler), kept as a LambdaLR so the scheduler's
+    state checkpoints. ``transformers.get_cosine_schedule_with_warmup`` is the same from ``warmup`` on, but its
+    warm-up is ours one step late (step/warmup): it starts at 0, so the first optimizer step of every run
+    would be taken at lr 0 and wasted; that is why it is not used (tests/test_train_units.py pins both)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     span = max(1, total - warmup)
