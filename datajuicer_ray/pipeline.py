@@ -310,10 +310,12 @@ def curate_from_cli(config_path: str, overrides: list[str]) -> int:
         level=os.environ.get("DATAJUICER_RAY_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s"
     )
     cfg = load_curate_config(config_path, overrides)
+    ours = not ray.is_initialized()  # a caller's Ray (a notebook, a test) is left connected
     try:
         summary = curate(cfg)
     finally:
-        # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for late worker messages, which a job
-        # that has committed everything does not need (it then finds nothing left to shut down).
-        ray.shutdown()
+        if ours:
+            # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for late worker messages, which a
+            # job that has committed everything does not need (the hook then finds nothing to shut down).
+            ray.shutdown()
     return 0 if summary.get("rows_in") == summary.get("rows_out") else 1
