@@ -124,7 +124,7 @@ class GuardSettings:
 @dataclass(frozen=True)
 class Verdict:
     text: str | None  # the cleaned rewrite when accepted, else None
-    status: str  # "ok" or "rejected:<reason>"
+    status: str  # REWRITE_OK, or rejected:<reason>
 
 
 def clean(candidate: str) -> str:
