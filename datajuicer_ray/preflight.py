@@ -17,13 +17,13 @@ import os
 import posixpath
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import fsspec
 import pyarrow.dataset as pads
 
 from datajuicer_ray.config import ColumnsConfig, ConfigError, CurateConfig, RewriteConfig, TrainConfig
 from datajuicer_ray.io import reader, sample
+from datajuicer_ray.io.paths import GLOB_CHARS, comparable, glob_root, is_under, local_path, path_items
 from datajuicer_ray.io.probe import Probe, kind_by_name, probe_files
 from datajuicer_ray.io.table import RUNS_DIR, SUMMARY_FILE, OutputTable
 
@@ -31,7 +31,6 @@ from datajuicer_ray.io.table import RUNS_DIR, SUMMARY_FILE, OutputTable
 # any size, in a second or two on object storage (the names of all selected files are checked).
 PROBE_FILES = 256
 ENDPOINT_TIMEOUT_S = 10.0
-GLOB_CHARS = "*?["
 FORMAT_NAMES = {"parquet": "Parquet", "webdataset": "WebDataset"}
 # What a file that is not of the declared format is, in words.
 KIND_NAMES = {"parquet": "a Parquet file", "webdataset": "a tar shard", "compressed": "a compressed file"}
@@ -105,50 +104,14 @@ def inspect_problems(table: str, out: str, sample_rows: int) -> list[Problem]:
     return few + table_problems(table, table, need_ok=False) + writable_problems(out, "--out", "file")
 
 
-# ---------------------------------------------------------------------------------------------- paths
-
-
-def _items(spec: object) -> list[str]:
-    return [str(s) for s in (spec if isinstance(spec, list) else [spec])]
-
-
-def _local(path: str) -> Path | None:
-    """The local path, or None for object storage (s3://, gs://, ...)."""
-    if path.startswith("file://"):
-        path = path[len("file://") :]
-    elif "://" in path:
-        return None
-    return Path(os.path.expanduser(path))
-
-
-def _norm(path: str) -> str:
-    """A comparable form: the real absolute path for local ones (symlinks resolved), the URL otherwise."""
-    local = _local(path)
-    if local is not None:
-        return os.path.realpath(local)
-    scheme, rest = path.split("://", 1)
-    return f"{scheme}://{posixpath.normpath(rest)}"
-
-
-def _glob_root(path: str) -> str:
-    """The folder a glob searches under (the path itself when it has no wildcard)."""
-    parts = path.split("/")
-    cut = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), len(parts))
-    return "/".join(parts[:cut]) or ("/" if path.startswith("/") else ".")
-
-
-def _under(child: str, parent: str) -> bool:
-    return child == parent or child.startswith(parent.rstrip("/") + "/")
-
-
 def relation_problems(cfg: CurateConfig) -> list[Problem]:
     """An output inside its input is read back as new input by every re-run; one holding its input is a
     folder of someone's data (and `overwrite` would take the input with it)."""
-    out = _norm(cfg.output.path)
+    out = comparable(cfg.output.path)
     problems = []
-    for item in _items(cfg.input.path):
-        root = _norm(_glob_root(item))
-        if _under(out, root):
+    for item in path_items(cfg.input.path):
+        root = comparable(glob_root(item))
+        if is_under(out, root):
             what = "is" if out == root else "is inside"
             problems.append(
                 Problem(
@@ -157,7 +120,7 @@ def relation_problems(cfg: CurateConfig) -> list[Problem]:
                     "choose an output.path outside the input folder",
                 )
             )
-        elif _under(root, out):
+        elif is_under(root, out):
             problems.append(
                 Problem(
                     "output.path",
@@ -171,7 +134,7 @@ def relation_problems(cfg: CurateConfig) -> list[Problem]:
 def writable_problems(path: str, key: str, kind: str) -> list[Problem]:
     """A local ``path`` that we can make or write as a ``kind`` ("folder" or "file"). Object storage is
     judged at its first write (claiming the table), which is still before Ray starts."""
-    local = _local(path)
+    local = local_path(path)
     if local is None:
         return []
     local = local.absolute()
@@ -201,7 +164,7 @@ def output_table_problems(path: str) -> list[Problem]:
         foreign_delta = exists and table.generation() is None
     except Exception:  # noqa: BLE001 - an unreadable log is for claim() to judge and name
         return []
-    local = _local(path)
+    local = local_path(path)
     held = [] if exists or local is None or not local.is_dir() else sorted(p.name for p in local.iterdir())
     held = [n for n in held if n not in (RUNS_DIR, SUMMARY_FILE, "_delta_log")]
     if foreign_delta:
@@ -282,7 +245,7 @@ def missing_problems(spec: object, fmt: str) -> list[Problem]:
     """Each path, glob or folder of ``input.path`` that gives no data file, and what it holds instead."""
     problems = []
     suffix = ".parquet" if fmt == "parquet" else ".tar"
-    for item in _items(spec):
+    for item in path_items(spec):
         try:
             fs, root = fsspec.core.url_to_fs(item)
             if any(c in root for c in GLOB_CHARS):
