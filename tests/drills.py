@@ -4,6 +4,9 @@ in the background while the drill breaks something."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -39,6 +42,25 @@ def drill_overrides(inp: Path, out: Path, *extra: str, on_workers: bool = True) 
         "ray.progress=false",
         *extra,
     ]
+
+
+def curate_argv(config_dir: Path, overrides: list[str]) -> list[str]:
+    """The `datajuicer-ray curate` command line of a job given wholly by ``overrides`` (an empty config)."""
+    config = config_dir / "job.yaml"
+    config.write_text("{}\n")
+    return [sys.executable, "-m", "datajuicer_ray.cli", "curate", str(config), *overrides]
+
+
+def curate_process(config_dir: Path, overrides: list[str], address: str) -> subprocess.Popen:
+    """A driver in its own process that joins the Ray at ``address``, as `ray job submit` drivers do; its
+    output (stdout and stderr) is read with ``communicate``."""
+    return subprocess.Popen(
+        curate_argv(config_dir, overrides),
+        env={**os.environ, "RAY_ADDRESS": address},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_in_thread(cfg_overrides: list[str]) -> tuple[threading.Thread, dict]:

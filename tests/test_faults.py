@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from drills import drill_corpus, drill_overrides, run_in_thread
+from drills import curate_argv, drill_corpus, drill_overrides, run_in_thread
 from tables import committed_inputs, read_keys
 
 FILES, ROWS = 10, 12
@@ -114,16 +113,7 @@ def test_driver_killed_mid_run_then_rerun(cluster, corpus, tmp_path):
     if not any(n["Alive"] and n["Resources"].get("scorer_slot") for n in ray.nodes()):
         add_workers(cluster, 1)  # run on its own, this test has no worker node yet
     out = tmp_path / "out"
-    config = tmp_path / "job.yaml"
-    config.write_text("{}\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "datajuicer_ray.cli",
-        "curate",
-        str(config),
-        *drill_overrides(corpus[0], out),
-    ]
+    cmd = curate_argv(tmp_path, drill_overrides(corpus[0], out))
     # the driver stops before its second commit until the hold is lifted, and is killed there
     hold = tmp_path / "drill" / "hold_second_commit"
     hold.parent.mkdir()

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from drills import curate_process, drill_overrides
 from inputs import img2dataset_parquet
 
 from datajuicer_ray.io import curated
@@ -85,29 +86,10 @@ def test_two_slices_write_one_s3_table_at_once(s3, tmp_path):
         img2dataset_parquet(tmp_path / "in" / f"{i:05d}.parquet", ROWS, start=100 * i)
         keys |= {f"{j:09d}" for j in range(100 * i, 100 * i + ROWS)}
     out = f"s3://{BUCKET}/laion/curated"
-    config = tmp_path / "job.yaml"
-    config.write_text("{}\n")
 
     def slice_(i: int) -> subprocess.Popen:
-        cmd = [
-            sys.executable,
-            "-m",
-            "datajuicer_ray.cli",
-            "curate",
-            str(config),
-            f"input.path={tmp_path / 'in'}",
-            f"output.path={out}",
-            f"input.shard={i}/2",
-            "vision.model=tiny-random-dino",
-            "vision.num_gpus=0",
-            "vision.num_cpus=0.5",
-            "vision.decode_num_cpus=0.25",
-            "vision.batch_size=4",
-            "input.rows_per_block=4",
-            "ray.progress=false",
-        ]
-        env = {**os.environ, "RAY_ADDRESS": s3}
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        overrides = drill_overrides(tmp_path / "in", out, f"input.shard={i}/2", on_workers=False)
+        return curate_process(tmp_path, overrides, s3)
 
     procs = [slice_(0), slice_(1)]
     for p in procs:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
-from drills import drill_overrides
+from drills import curate_process, drill_overrides
 from inputs import img2dataset_parquet
 from tables import committed_inputs, read_keys, read_rows
 
@@ -66,17 +65,8 @@ def overrides(inp: Path, out: Path, *extra: str) -> list[str]:
     return drill_overrides(inp, out, *extra, on_workers=False)
 
 
-def curate_process(inp: Path, out: Path, address: str, *extra: str) -> subprocess.Popen:
-    config = out.parent / "empty.yaml"
-    config.write_text("{}\n")
-    cmd = [sys.executable, "-m", "datajuicer_ray.cli", "curate", str(config), *overrides(inp, out, *extra)]
-    return subprocess.Popen(
-        cmd,
-        env={**os.environ, "RAY_ADDRESS": address},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def curate_slice(inp: Path, out: Path, address: str, *extra: str) -> subprocess.Popen:
+    return curate_process(out.parent, overrides(inp, out, *extra), address)
 
 
 def whole_files_only(out: Path, rows_per_file: dict[str, int]) -> Counter:
@@ -96,8 +86,8 @@ def test_two_slices_at_once_one_killed_then_rerun(shared_ray, drill_dir, corpus,
     # each driver stops before its second commit until the hold is lifted: b is killed there
     hold = drill_dir / "hold_second_commit"
     hold.touch()
-    a = curate_process(inp, out, shared_ray, "input.shard=0/2")
-    b = curate_process(inp, out, shared_ray, "input.shard=1/2")
+    a = curate_slice(inp, out, shared_ray, "input.shard=0/2")
+    b = curate_slice(inp, out, shared_ray, "input.shard=1/2")
     try:
         # b is killed (a spot driver node lost) once it has committed something but not everything
         t0 = time.time()
@@ -115,7 +105,7 @@ def test_two_slices_at_once_one_killed_then_rerun(shared_ray, drill_dir, corpus,
     out_a, _ = a.communicate(timeout=300)
     assert a.returncode == 0, out_a[-3000:]
     whole_files_only(out, rows_per_file)
-    rerun = curate_process(inp, out, shared_ray, "input.shard=1/2")
+    rerun = curate_slice(inp, out, shared_ray, "input.shard=1/2")
     text, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, text[-3000:]
     assert "resuming:" in text

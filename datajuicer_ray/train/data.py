@@ -29,7 +29,7 @@ from datajuicer_ray.config import ConfigError
 from datajuicer_ray.io import curated
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.vision.decode import canonical_pixels
-from datajuicer_ray.vision.geometry import Geometry, flip_indices, keep_count, top_k_indices
+from datajuicer_ray.vision.geometry import Geometry, flip_indices, top_k_indices
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Decode:
         self.caption_column, self.val_fraction = caption_column, val_fraction
         self.split, self.hflip = split, hflip
         # data.keep_ratio: choose from the stored score map, exactly as curation would have at that ratio
-        self.keep = None if keep_ratio is None else keep_count(keep_ratio, source.geometry.grid)
+        self.keep = None if keep_ratio is None else source.geometry.keep(keep_ratio)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
