@@ -4,10 +4,12 @@ retry of the rows a fault did mark, and a job that stops when the cluster, not t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from drills import curate_process
 from faultyfs import injected, register, set_budget
 from inputs import img2dataset_parquet
 from tables import read_keys, read_rows
@@ -15,7 +17,7 @@ from tables import read_keys, read_rows
 from datajuicer_ray.config import load_curate_config
 from datajuicer_ray.io.table import OutputTable
 from datajuicer_ray.io.writer import write_data_file
-from datajuicer_ray.pipeline import TooManyFailures, curate
+from datajuicer_ray.pipeline import curate
 
 TESTS = Path(__file__).resolve().parent
 
@@ -64,20 +66,21 @@ def corpus(folder: Path, files: int = 3, rows: int = 6) -> set[str]:
     return keys
 
 
+def job(inp: str, out: Path, *extra: str) -> list[str]:
+    return [
+        f"input.path={inp}",
+        f"output.path={out}",
+        "vision.model=tiny-random-dino",
+        "vision.batch_size=4",
+        "vision.num_gpus=0",
+        "input.rows_per_block=3",
+        "ray.progress=false",
+        *extra,
+    ]
+
+
 def cfg(inp: str, out: Path, *extra: str):
-    return load_curate_config(
-        None,
-        [
-            f"input.path={inp}",
-            f"output.path={out}",
-            "vision.model=tiny-random-dino",
-            "vision.batch_size=4",
-            "vision.num_gpus=0",
-            "input.rows_per_block=3",
-            "ray.progress=false",
-            *extra,
-        ],
-    )
+    return load_curate_config(None, job(inp, out, *extra))
 
 
 def test_a_flaky_store_is_retried_and_no_row_is_marked(drills, tmp_path):
@@ -133,11 +136,36 @@ def test_a_broken_device_restarts_the_actor_instead_of_failing_rows(drills, tmp_
     assert sorted(r["key"] for r in read_rows(tmp_path / "out", ["key"])) == sorted(keys)
 
 
+# Ray 2.60's core worker can abort the driver when Ray Data cancels in-flight tasks after an early stop: a
+# cancellation racing a task's reply ("Check failed: it != submissible_tasks_.end()", ray-project/ray#54798
+# fixed its "retry" twin only). An early stop is what this test makes, so its driver runs in a process of its
+# own, and a run that Ray itself aborted (its driver log says so) is run again, once.
+RAY_CANCEL_RACE = "Check failed: it != submissible_tasks_.end()"
+
+
+def _aborted_by_ray(pid: int) -> bool:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    return any(
+        RAY_CANCEL_RACE in f.read_text(errors="replace") for f in logs.glob(f"python-core-driver-*_{pid}.log")
+    )
+
+
 def test_a_job_whose_rows_mostly_fail_for_a_system_reason_stops(drills, tmp_path):
+    import ray
+
     corpus(tmp_path / "in", files=4)
     (drills / "drill" / "score_error_keys").write_text("0")  # every key
+    overrides = job(str(tmp_path / "in"), tmp_path / "out", "output.failure_window=6")
     try:
-        with pytest.raises(TooManyFailures, match=r"of the last \d+ rows failed for a system reason"):
-            curate(cfg(str(tmp_path / "in"), tmp_path / "out", "output.failure_window=6"))
+        for attempt in range(2):
+            proc = curate_process(tmp_path, overrides, ray.get_runtime_context().gcs_address)
+            text, _ = proc.communicate(timeout=300)
+            if not (proc.returncode != 0 and attempt == 0 and _aborted_by_ray(proc.pid)):
+                break
     finally:
         (drills / "drill" / "score_error_keys").unlink()
+    assert proc.returncode == 1, text[-3000:]
+    assert re.search(r"error: .*of the last \d+ rows failed for a system reason", text), text[-3000:]
+    assert "Traceback" not in text
