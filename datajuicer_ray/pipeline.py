@@ -311,11 +311,11 @@ def curate_from_cli(config_path: str, overrides: list[str]) -> int:
     )
     cfg = load_curate_config(config_path, overrides)
     ours = not ray.is_initialized()  # a caller's Ray (a notebook, a test) is left connected
-    try:
-        summary = curate(cfg)
-    finally:
-        if ours:
-            # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for late worker messages, which a
-            # job that has committed everything does not need (the hook then finds nothing to shut down).
-            ray.shutdown()
+    summary = curate(cfg)
+    if ours:
+        # Now rather than at exit: Ray's exit hook first sleeps 0.5 s for late worker messages, which a job
+        # that has committed everything does not need (the hook then finds nothing to shut down). Only after
+        # success: after an early stop, Ray Data's threads may still touch the core worker, which then ends
+        # the process before the CLI has printed the error.
+        ray.shutdown()
     return 0 if summary.get("rows_in") == summary.get("rows_out") else 1
