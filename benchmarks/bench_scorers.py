@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +130,7 @@ def sample_views() -> dict[str, np.ndarray]:
     from datajuicer_ray.io.sample import write_sample
     from datajuicer_ray.vision.decode import RowRejected, canonical_pixels
 
-    with tempfile.TemporaryDirectory() as folder:
-        table = pq.read_table(write_sample(Path(folder) / "in", rows=25)).to_pylist()
+    table = pq.read_table(write_sample(rows=25)).to_pylist()
     views: dict[str, np.ndarray] = {}
     for row in table:
         if row["status"] != "success" or row["caption"] in views:

@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     # positional that follows the overrides (`curate conf.yaml a=1 --debug b=2`).
     debug = "--debug" in argv
     try:
-        return _dispatch(_parser().parse_args([a for a in argv if a != "--debug"]))
+        args = _parser().parse_args([a for a in argv if a != "--debug"])
+        args.debug = debug  # taken out above; `submit` prints Ray's held-back traceback with it
+        return _dispatch(args)
     except SystemExit as err:  # --help, --version
         return err.code if isinstance(err.code, int) else int(err.code is not None)
     except KeyboardInterrupt:

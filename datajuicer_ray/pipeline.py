@@ -8,6 +8,7 @@ Everything that can fail on a config or a path fails here before Ray starts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -145,8 +146,9 @@ def build_dataset(
 
 
 def plan_files(cfg: CurateConfig) -> list[InputFile]:
-    if cfg.input.format == "sample":
-        write_sample(cfg.input.path, cfg.input.sample_rows)
+    if cfg.input.format == "sample":  # built in the cache, then read as any img2dataset Parquet file
+        path = write_sample(cfg.input.sample_rows)
+        return reader.plan_inputs(dataclasses.replace(cfg.input, path=str(path), format="parquet"))
     if cfg.rewrite.only:  # the curated table's committed data files are the inputs
         uris = curated.data_files(cfg.input.path)
         if not uris:

@@ -22,7 +22,7 @@ import fsspec
 import pyarrow.dataset as pads
 
 from datajuicer_ray.config import ColumnsConfig, ConfigError, CurateConfig, RewriteConfig, TrainConfig
-from datajuicer_ray.io import reader, sample
+from datajuicer_ray.io import reader
 from datajuicer_ray.io.paths import GLOB_CHARS, comparable, glob_root, is_under, local_path, path_items
 from datajuicer_ray.io.probe import Probe, kind_by_name, probe_files
 from datajuicer_ray.io.table import RUNS_DIR, SUMMARY_FILE, OutputTable
@@ -109,7 +109,7 @@ def relation_problems(cfg: CurateConfig) -> list[Problem]:
     folder of someone's data (and `overwrite` would take the input with it)."""
     out = comparable(cfg.output.path)
     problems = []
-    for item in path_items(cfg.input.path):
+    for item in path_items(cfg.input.path) if cfg.input.path is not None else []:
         root = comparable(glob_root(item))
         if is_under(out, root):
             what = "is" if out == root else "is inside"
@@ -215,8 +215,7 @@ def table_problems(path: str, key: str, need_ok: bool) -> list[Problem]:
 def input_problems(cfg: CurateConfig) -> list[Problem]:
     i = cfg.input
     if i.format == "sample":
-        bad = sample.folder_problem(i.path)
-        return [Problem("input.path", *bad)] if bad else []
+        return [] if i.path is None else [_path_beside_sample(i.path)]
     if cfg.rewrite.only:  # the input is a curated table
         return table_problems(str(i.path), "input.path", need_ok=False)
     try:  # the files the run will plan, exactly as it plans them
@@ -267,6 +266,15 @@ def missing_problems(spec: object, fmt: str) -> list[Problem]:
             Problem("input.path", f"{item!r} matches no {suffix} file ({held})", _format_fix(there, fmt))
         )
     return problems
+
+
+def _path_beside_sample(path: object) -> Problem:
+    """input.format=sample with an input.path: the dry-run config pointed at someone's data."""
+    return Problem(
+        "input.path",
+        f"input.format=sample curates the dry run's built-in sample, not the files at {path!r}",
+        "set input.format=parquet (or webdataset) to curate them, or drop input.path to curate the sample",
+    )
 
 
 def _unlistable(spec: object, err: BaseException) -> Problem:

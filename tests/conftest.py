@@ -46,7 +46,7 @@ def curated_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("dry_run")
     cfg = load_curate_config(
         REPO / "conf" / "dry_run.yaml",
-        [f"input.path={base / 'input'}", f"output.path={base / 'curated'}", "ray.progress=false"],
+        [f"output.path={base / 'curated'}", "ray.progress=false"],
     )
     curate(cfg)
     return base / "curated"

@@ -66,6 +66,10 @@ def test_rewrite_only_needs_rewriting_on():
 def test_missing_required_key_is_named():
     with pytest.raises(ConfigError, match=r"output.path: required"):
         load_curate_config(None, ["input.path=x"])
+    # Only the dry run's sample goes without an input path.
+    with pytest.raises(ConfigError, match=r"input.path: must be set"):
+        load_curate_config(None, ["output.path=y"])
+    assert load_curate_config(None, ["output.path=y", "input.format=sample"]).input.path is None
 
 
 def test_shard_parsing():

@@ -317,9 +317,13 @@ def test_rayjob_config_and_overrides_pass_our_schema(manifest, loader):
 
 
 def _required_overrides(schema: type, path: Path) -> list[str]:
-    """Placeholder values for the keys the file leaves MISSING (paths the user gives on the command line)."""
+    """Placeholder values for the keys the file leaves MISSING (paths the user gives on the command line),
+    and input.path, which only the dry run's sample goes without."""
     merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
-    return [f"{key}=/tmp/placeholder" for key in sorted(OmegaConf.missing_keys(merged))]
+    keys = set(OmegaConf.missing_keys(merged))
+    if schema is CurateConfig and merged.input.path is None and merged.input.format != "sample":
+        keys.add("input.path")
+    return [f"{key}=/tmp/placeholder" for key in sorted(keys)]
 
 
 @pytest.mark.parametrize("path", CURATE_CONFS, ids=_rel)
@@ -418,6 +422,8 @@ HOOK = """
 import json, os, sys
 
 def record(**kwargs):
+    if os.environ.get("DJ_SUBMIT_FAIL"):
+        raise RuntimeError(os.environ["DJ_SUBMIT_FAIL"])
     kwargs["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE")
     with open(os.environ["DJ_SUBMIT_RECORD"], "w") as f:
         json.dump(kwargs, f)
@@ -457,6 +463,20 @@ def test_rays_own_cli_parses_our_command_as_meant(workdir, ray_cli_hook):
     assert got["address"] == "http://127.0.0.1:8265"
     assert got["working_dir"] == "." and got["runtime_env"] == "env.yaml" and got["no_wait"] is True
     assert got["RAY_AUTH_MODE"] == "token"
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_failed_submit_is_one_line_and_its_traceback_comes_with_debug(
+    workdir, ray_cli_hook, monkeypatch, capsys, debug
+):
+    from datajuicer_ray.cli import main
+
+    monkeypatch.setenv("DJ_SUBMIT_FAIL", "the cluster said no")
+    argv = ["submit", "curate", "conf/c.yaml", "--address", "http://127.0.0.1:8265", "--no-wait"]
+    assert main(argv + ["--debug"] * debug) != 0
+    err = capsys.readouterr().err
+    assert "error: ray job submit: RuntimeError: the cluster said no; run again with --debug" in err
+    assert ("Traceback (most recent call last)" in err) is debug
 
 
 def test_build_submit_argv_puts_the_entrypoint_last():

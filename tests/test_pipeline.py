@@ -13,6 +13,7 @@ from tables import latest_run, read_rows
 
 from datajuicer_ray.config import ConfigError, load_curate_config
 from datajuicer_ray.io.curated import data_files
+from datajuicer_ray.io.sample import sample_path
 from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.pipeline import RunConflict, curate
 from datajuicer_ray.vision.decode import canonical_pixels
@@ -55,7 +56,9 @@ def test_dry_run_honours_the_contract(curated_dir):
         if r["status"] != "ok":
             assert r["patch_index"] is None and r["objects"] is None and r["error"] and r["caption"]
             assert r["patch_scores"] is None and r["kept_mass"] is None
-    assert {r["source_file"] for r in rows} == {str(curated_dir.parent / "input" / "sample.parquet")}
+    # The sample is read from the cache, where it was built; nothing was written beside the output.
+    assert {r["source_file"] for r in rows} == {str(sample_path(25))}
+    assert sorted(p.name for p in curated_dir.parent.iterdir()) == ["curated"]
     assert sorted(r["source_row"] for r in rows) == list(range(len(rows)))
     schema = pq.read_schema(data_files(str(curated_dir))[0])
     assert schema.remove_metadata().equals(output_schema("jpg"))

@@ -101,7 +101,6 @@ def test_the_dry_run_curates_end_to_end_with_text_guided_scoring(ray_local, tmp_
     cfg = load_curate_config(
         Path(__file__).resolve().parents[1] / "conf" / "dry_run.yaml",
         [
-            f"input.path={tmp_path / 'input'}",
             f"output.path={tmp_path / 'out'}",
             "input.sample_rows=1",  # every sample variant once
             "vision.model=tiny-random-dino",

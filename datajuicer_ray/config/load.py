@@ -100,9 +100,13 @@ def _validate_pool(pool: ActorPoolConfig, section: str) -> None:
 
 def _validate_curate(cfg: CurateConfig) -> None:
     i, o, v, r = cfg.input, cfg.output, cfg.vision, cfg.rewrite
-    paths = i.path if isinstance(i.path, list) else [i.path]
-    _require(all(isinstance(p, str) and p for p in paths), "input.path", "must be a path or a list of paths")
     _one_of(i.format, "input.format", ("parquet", "webdataset", "sample"))
+    if i.format != "sample":  # the sample has no path (preflight refuses one: it would be someone's data)
+        _require(i.path is not None, "input.path", "must be set (a path, a glob, or a list of them)")
+        paths = i.path if isinstance(i.path, list) else [i.path]
+        _require(
+            all(isinstance(p, str) and p for p in paths), "input.path", "must be a path or a list of paths"
+        )
     parse_shard(i.shard)
     _require(i.rows_per_block >= 1, "input.rows_per_block", "must be >= 1")
     _require(i.sample_rows >= 1, "input.sample_rows", "must be >= 1")

@@ -62,8 +62,9 @@ class ColumnsConfig:
 
 @dataclass
 class InputConfig:
-    # A path, a glob, a directory, or a list of them; any filesystem fsspec reads (s3://, gs://).
-    path: Any = MISSING
+    # A path, a glob, a directory, or a list of them; any filesystem fsspec reads (s3://, gs://). None
+    # only with format=sample, whose input is built in the cache.
+    path: Any = None
     format: str = "parquet"  # parquet | webdataset | sample
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     # "i/n": keep input files whose sorted position p has p % n == i; a deterministic slice of a big corpus.

@@ -5,14 +5,16 @@ do. The sample also carries the cases a LAION shard always has: a failed downloa
 the image formats img2dataset passes through untouched (PNG with alpha, palette GIF, WebP, CMYK JPEG,
 16-bit PNG, EXIF rotation), so one dry run shows every path through the decoder.
 
-The sample is written into a folder of its own: ``input.path`` when it is missing or holds nothing but our
-sample. A folder with other files in it is a user's data (the dry-run config with a real ``input.path``):
-writing a synthetic file there would change their data and mix fake rows into the real ones, so it is refused.
+The sample is built once into the cache (``cache.cache_dir()/sample/``), never into ``input.path``: a run
+writes nothing outside its output but what it can rebuild. With ``input.format=sample`` there is no
+``input.path`` at all; one that is set is a user's data (the dry-run config pointed at a real folder) and
+the preflight refuses it rather than curate a synthetic file beside (or instead of) their rows.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from datajuicer_ray.config import ConfigError
+from datajuicer_ray.cache import cache_dir
 
+# Bump when the rows change: a table resumed across versions must not see another file under the same name.
+SAMPLE_VERSION = 2
 SAMPLE_FILE = "sample.parquet"
-_TMP_FILE = ".sample.parquet.tmp"  # left by a write that was killed: ours too
 
 # (skimage name, caption)
 PHOTOS = [
@@ -112,46 +115,16 @@ def _sixteen_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def _foreign_entries(path: Path) -> list[str]:
-    """What a folder holds besides our sample (a missing folder holds nothing)."""
-    if not path.is_dir():
-        return []
-    return sorted(p.name for p in path.iterdir() if p.name not in (SAMPLE_FILE, _TMP_FILE))
+def sample_path(rows: int) -> Path:
+    """Where the sample of ``rows`` rows lives (one file per version and size: the same bytes each time)."""
+    return cache_dir() / "sample" / f"v{SAMPLE_VERSION}-{rows}rows" / SAMPLE_FILE
 
 
-def folder_problem(folder: object) -> tuple[str, str] | None:
-    """Why the sample must not be written at ``folder`` as (what is wrong, how to fix it); None: it may."""
-    if not isinstance(folder, (str, Path)) or any(ch in str(folder) for ch in "*?["):
-        return (
-            f"input.format=sample writes its sample into one folder of its own, not {folder!r}",
-            "give input.path one new folder, or set input.format=parquet to curate these files",
-        )
-    if "://" in str(folder):
-        return (f"{folder} is not local; the dry run's sample is a local folder", "give a local folder")
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        return (f"{folder} is a file", "give input.format=sample a folder of its own")
-    foreign = _foreign_entries(path)
-    if foreign:
-        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        return (
-            f"{folder} holds files that are not the dry run's sample ({foreign[0]!r}{more}), and "
-            "input.format=sample would write a synthetic sample.parquet among them",
-            "set input.format=parquet (or webdataset) to curate these files, or give input.path a new folder",
-        )
-    return None
-
-
-def write_sample(folder: str | Path, rows: int = 24) -> Path:
-    """Write ``sample.parquet`` (img2dataset columns) once: every variant, repeated up to ``rows`` rows.
-
-    Refuses (ConfigError) a folder that holds anything else: nothing outside the output is ever changed."""
-    problem = folder_problem(folder)
-    if problem:
-        raise ConfigError(f"input.path: {problem[0]}; {problem[1]}")
-    folder = Path(folder)
-    path = folder / SAMPLE_FILE
-    if path.exists():  # same bytes every time; leaving it alone keeps a resumed dry run's input unchanged
+def write_sample(rows: int = 24) -> Path:
+    """Build ``sample.parquet`` (img2dataset columns) in the cache once: every variant, repeated up to
+    ``rows`` rows. An existing one is left alone, so a resumed dry run reads the very file it committed."""
+    path = sample_path(rows)
+    if path.exists():
         return path
     base = _variants()
     table_rows = [base[i % len(base)] for i in range(max(rows, len(base)))]
@@ -166,8 +139,9 @@ def write_sample(folder: str | Path, rows: int = 24) -> Path:
             "error_message": [r[3] for r in table_rows],
         }
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / _TMP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Two dry runs may build it at once: each writes its own temporary file and the rename is atomic.
+    tmp = path.with_name(f".{SAMPLE_FILE}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)
     return path
