@@ -27,8 +27,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 MARKER_ENV = "DATAJUICER_RAY_FAKE_CLUSTER"  # set in the head's environment; every child inherits it
 HEAD_NODE_TYPE = "ray.head.default"  # the fake provider's name for the head (FAKE_HEAD_NODE_TYPE)
 MB = 2**20
@@ -364,29 +362,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# ----------------------------------------------------------------------------------------------
-# reading a curated output folder (Delta Lake table, or the Parquet parts + _manifest layout)
-
-
-def read_keys(out_path) -> list[str]:
-    """Every committed row's key, duplicates included."""
-    out = Path(out_path)
-    if (out / "_delta_log").exists():
-        from deltalake import DeltaTable
-
-        return DeltaTable(str(out)).to_pyarrow_table(columns=["key"]).column("key").to_pylist()
-    keys: list[str] = []
-    for part in sorted(out.glob("part-*.parquet")):  # committed parts; in-flight ones sit in _tmp/
-        keys += pq.read_table(part, columns=["key"]).column("key").to_pylist()
-    return keys
-
-
-def committed_files(out_path) -> int:
-    """How many input files are committed: Delta commits after the table's creation, or manifests."""
-    out = Path(out_path)
-    log = out / "_delta_log"
-    if log.exists():
-        return max(0, len(list(log.glob("*.json"))) - 1)
-    return len(list((out / "_manifest").glob("*.json")))

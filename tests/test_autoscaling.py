@@ -8,7 +8,7 @@ a worker node the autoscaler has to add.
   - spot preemption: a scorer node's raylet is SIGKILLed mid-run; the job still writes every row once;
   - GPU detection: `gpus_available_or_scalable` sees a GPU node type at 0 workers.
 
-Rows are checked by key through `autoscaling.read_keys` (Delta table or Parquet parts)."""
+Rows are checked by key and inputs by the commits that name them (tests/tables.py, through the Delta log)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ from autoscaling import (
     SCORER_NODE_TYPE,
     FakeAutoscalingCluster,
     NodeWatch,
-    committed_files,
-    read_keys,
 )
 from drills import drill_corpus, drill_overrides, run_in_thread
+from tables import committed_inputs, read_keys
 
 pytestmark = [
     pytest.mark.slow,  # `make test` (CI) runs slow tests too
@@ -109,6 +108,11 @@ def assert_exactly_once(out: Path, keys: set[str]) -> None:
     missing = sorted(set(keys) - set(got))
     assert not missing, f"{len(missing)} rows missing: {missing[:5]}"
     assert sorted(got) == sorted(keys)
+
+
+def committed_files(out: Path) -> int:
+    """Input files committed so far, from the commits that name them (a commit may carry several)."""
+    return committed_inputs(out) if (out / "_delta_log").exists() else 0
 
 
 def wait_for_commits(out: Path, n: int, thread: threading.Thread, timeout: float = 180) -> None:

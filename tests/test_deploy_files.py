@@ -575,6 +575,28 @@ def test_cpu_image_has_what_its_command_needs():
         assert re.search(rf"^{re.escape(name)}==", lock, re.M), f"{name} is a dependency but not in the lock"
 
 
+def test_cpu_image_command_runs(curated_dir):
+    """The CPU image's CMD, run. The session's dry run (conftest `curated_dir`) is `curate` on the command's
+    own config, with only where to write and the progress bar changed (neither changes a row); so its run
+    record must hold that config, and its table every row of the sample."""
+    from tables import latest_run
+
+    from datajuicer_ray.cli import _parser
+    from datajuicer_ray.config import load_curate_config, to_dict
+
+    ins = _instructions(ROOT / "docker" / "Dockerfile.cpu")
+    args = _parser().parse_args(json.loads(next(arg for op, arg in ins if op == "CMD"))[1:])
+    assert args.command == "curate"
+    ran = latest_run(curated_dir)
+    cmd = load_curate_config(
+        ROOT / args.config, [*args.overrides, f"output.path={curated_dir}", "ray.progress=false"]
+    )
+    assert ran["config"] == to_dict(cmd)
+    summary = json.loads((curated_dir / "_summary.json").read_text())
+    assert summary["rows_in"] == summary["rows_out"] > 0
+    assert ran["inputs_committed"] and ran["ended_at"]
+
+
 # What each image is for: the optional extra of pyproject.toml it must satisfy, besides the dependencies.
 IMAGE_EXTRAS = {"Dockerfile.cpu": "dry-run", "Dockerfile.gpu": "vllm"}
 

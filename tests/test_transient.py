@@ -3,6 +3,7 @@ retry of the rows a fault did mark, and a job that stops when the cluster, not t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -103,6 +104,19 @@ def test_data_file_writes_retry_then_give_up(drills, tmp_path):
     set_budget(drills / "faults", 100)  # a store that stays down: the error goes up, nothing is recorded
     with pytest.raises(ConnectionResetError):
         write_data_file(f"faulty://{tmp_path}", "part-b.parquet", table)
+    set_budget(drills / "faults", 0)
+
+
+def test_run_records_retry_a_flaky_store(drills, tmp_path):
+    """The driver's own writes (run records, `_summary.json`) retry a transient fault like the data files."""
+    table = OutputTable(f"faulty://{tmp_path}")
+    set_budget(drills / "faults", 2)
+    table.write_json("_runs/r1.json", {"run_id": "r1"})
+    assert injected(drills / "faults") == 2
+    assert json.loads((tmp_path / "_runs" / "r1.json").read_text()) == {"run_id": "r1"}
+    set_budget(drills / "faults", 100)
+    with pytest.raises(ConnectionResetError):
+        table.write_json("_summary.json", {})
     set_budget(drills / "faults", 0)
 
 

@@ -45,6 +45,8 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
+from datajuicer_ray.io.faults import storage_retrying
+
 RUNS_DIR = "_runs"
 SUMMARY_FILE = "_summary.json"
 GENERATION_APP = "datajuicer_ray/generation"
@@ -296,13 +298,15 @@ class OutputTable:
         """Write a JSON file under the table folder; local writes go through a rename so a reader never
         sees half a file (object stores publish a PUT whole)."""
         target = f"{self.root}/{name}"
-        self.fs.create_dir(posixpath.dirname(target), recursive=True)
         data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
         tmp = target if not isinstance(self.fs, pafs.LocalFileSystem) else f"{target}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_output_stream(tmp) as fh:
-            fh.write(data)
-        if tmp != target:
-            self.fs.move(tmp, target)
+        for attempt in storage_retrying():  # a throttled PUT must not fail a run that has committed its rows
+            with attempt:
+                self.fs.create_dir(posixpath.dirname(target), recursive=True)
+                with self.fs.open_output_stream(tmp) as fh:
+                    fh.write(data)
+                if tmp != target:
+                    self.fs.move(tmp, target)
 
     def read_json(self, name: str) -> dict[str, Any]:
         try:

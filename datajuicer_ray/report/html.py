@@ -119,7 +119,7 @@ def _coverage(r: Report) -> str:
 
 
 def _objects_note(run_info: dict[str, Any]) -> str | None:
-    """Why `objects` is empty in every row, shortened for a plot (_run.json's models.objects.note)."""
+    """Why `objects` is empty in every row, shortened for a plot (the run record's models.objects.note)."""
     objects = (run_info.get("models") or {}).get("objects") or {}
     if objects.get("source") is None and objects.get("note"):
         return "the scorer has no classification head\nand no vision.classifier: no objects"

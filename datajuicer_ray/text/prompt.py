@@ -1,4 +1,5 @@
-"""The rewrite prompt: the one place it is written, versioned and hashed into ``_run.json``.
+"""The rewrite prompt: the one place it is written, versioned and hashed into each run record
+(``_runs/<run-id>.json``).
 
 The caption is untrusted text from the web. It goes into the user message as a JSON string (with the
 objects beside it), after :func:`sanitize_caption` has removed control characters, chat-template markup
@@ -8,7 +9,7 @@ tokens), and the system message says it is data, not instructions. Long captions
 ``rewrite.max_caption_tokens`` tokens of the model's tokenizer (with ``split_special_tokens=True``) before
 the prompt is built. The model answers with a JSON object ``{"caption": "..."}`` (:func:`parse_answer`).
 
-Change any text here and bump :data:`PROMPT_VERSION`: the hash in ``_run.json`` changes anyway, the
+Change any text here and bump :data:`PROMPT_VERSION`: the hash in the run record changes anyway, the
 version tells a person which prompt a curated table was made with.
 """
 
@@ -178,7 +179,7 @@ def build_messages(
 
 
 def prompt_hash() -> str:
-    """Hash of every text that goes into a prompt, for ``_run.json``."""
+    """Hash of every text that goes into a prompt, for the run record (``_runs/<run-id>.json``)."""
     parts = [
         PROMPT_VERSION,
         SYSTEM_TEMPLATE,

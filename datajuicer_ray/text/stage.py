@@ -1,4 +1,5 @@
-"""The text branch as one stage of the curation pipeline, and what ``_run.json`` records about it.
+"""The text branch as one stage of the curation pipeline, and what the run record
+(``_runs/<run-id>.json``) says about it.
 
 :func:`add_rewrite_stage` takes the pipeline's dataset (columns ``key``, ``caption``, ``objects``,
 ``status``, and any others, which pass through unchanged) and adds three columns:
@@ -59,7 +60,7 @@ def add_rewrite_stage(ds: Any, cfg: CurateConfig) -> Any:
 
 
 def rewrite_run_info(cfg: CurateConfig) -> dict[str, Any]:
-    """The text branch's entry in ``_run.json``: what made each ``caption_rewritten``."""
+    """The text branch's entry in the run record: what made each ``caption_rewritten``."""
     r = cfg.rewrite
     info: dict[str, Any] = {
         "backend": r.backend,
