@@ -43,7 +43,8 @@ from benchmarks.common import (
 )
 
 BATCH = 32
-TARGET = 0.9
+TARGET = 0.9  # end to end (issue 11)
+STEADY_TARGET = 0.95  # steady state: the marginal rate, start-up excluded
 # Input shards of this many rows (a corpus is many files; the job pipelines across them).
 ROWS_PER_FILE = 50
 N0 = 10  # the small run that measures each side's fixed cost
@@ -198,8 +199,8 @@ def measure(n: int, reps: int, batch: int) -> list[dict]:
             f"bare {spread([r['fixed'] for r in b], ' s', 1)}]",
             median(st_p),
             median(st_b),
-            f">= {TARGET}",
-            st_ratio >= TARGET,
+            f">= {STEADY_TARGET}",
+            st_ratio >= STEADY_TARGET,
             ratio=st_ratio,
         ),
         row(
