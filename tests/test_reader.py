@@ -104,3 +104,19 @@ def test_paths_globs_lists_and_shards(tmp_path):
     assert shards[1] == plan_inputs(InputConfig(path=str(tmp_path / "in"), shard="1/4"))
     with pytest.raises(FileNotFoundError, match="input.path"):
         plan_inputs(InputConfig(path=str(tmp_path / "nope")))
+
+
+def test_a_read_task_builds_the_sample_where_the_driver_built_it_elsewhere(tmp_path, monkeypatch):
+    """The dry run's sample lives in each node's cache: a read task on a node without it builds it."""
+    from datajuicer_ray.io.reader import FileReader, file_items, plan_inputs
+    from datajuicer_ray.io.sample import sample_path, write_sample
+
+    monkeypatch.setenv("DATAJUICER_RAY_CACHE", str(tmp_path / "driver"))
+    cfg = InputConfig(format="sample", sample_rows=3)
+    planned = plan_inputs(InputConfig(path=str(write_sample(3)), format="parquet"))
+    (tmp_path / "driver").rename(tmp_path / "elsewhere")  # the read task's node: no sample yet
+    monkeypatch.setenv("DATAJUICER_RAY_CACHE", str(tmp_path / "driver"))
+    items = file_items(planned)
+    batch = {k: [item[k] for item in items] for k in items[0]}
+    rows = sum(t.num_rows for t in FileReader(cfg)(batch))
+    assert sample_path(3).exists() and rows == pq.read_metadata(sample_path(3)).num_rows >= 3

@@ -312,6 +312,12 @@ class FileReader:
         self.cols = cfg.columns
         self.rows_per_block = cfg.rows_per_block
         self.curated_image_column = curated_image_column
+        if cfg.format == "sample":
+            # The driver built the sample in its node's cache; a read task on another node builds the same
+            # file in its own (no-op where it exists), so the dry run also runs on a multi-node cluster.
+            from datajuicer_ray.io.sample import write_sample
+
+            write_sample(cfg.sample_rows)
 
     def __call__(self, batch: dict) -> Iterator[pa.Table]:
         for path, file_id, fmt in zip(batch["path"], batch["file_id"], batch["format"]):
