@@ -114,8 +114,8 @@ def test_a_read_task_builds_the_sample_where_the_driver_built_it_elsewhere(tmp_p
     monkeypatch.setenv("DATAJUICER_RAY_CACHE", str(tmp_path / "driver"))
     cfg = InputConfig(format="sample", sample_rows=3)
     planned = plan_inputs(InputConfig(path=str(write_sample(3)), format="parquet"))
-    (tmp_path / "driver").rename(tmp_path / "elsewhere")  # the read task's node: no sample yet
-    monkeypatch.setenv("DATAJUICER_RAY_CACHE", str(tmp_path / "driver"))
+    # Another node: the same cache path (the same image and user), but no sample in it yet.
+    (tmp_path / "driver").rename(tmp_path / "elsewhere")
     items = file_items(planned)
     batch = {k: [item[k] for item in items] for k in items[0]}
     rows = sum(t.num_rows for t in FileReader(cfg)(batch))
