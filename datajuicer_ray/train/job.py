@@ -14,6 +14,7 @@ from typing import Any
 
 from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, TrainConfig, load_train_config, to_dict
+from datajuicer_ray.progress import console
 from datajuicer_ray.runtime import init_ray
 
 log = logging.getLogger("datajuicer_ray.train")
@@ -114,13 +115,13 @@ def train_from_cli(config_path: str, overrides: list[str]) -> int:
     summary = run_training(cfg)
     m = summary["metrics"]
     resumed = summary["resumed_from_step"]
-    print(
-        f"train: {cfg.run.name} step {m.get('step')} loss {m.get('loss_first', float('nan')):.4f} -> "
+    console("train").info(
+        f"{cfg.run.name} step {m.get('step')} loss {m.get('loss_first', float('nan')):.4f} -> "
         f"{m.get('loss', float('nan')):.4f}"
         + (f", resumed from step {resumed}" if resumed >= 0 else ", fresh start")
         + f"; checkpoint {summary['checkpoint']}"
     )
-    print(json.dumps(summary, default=str, indent=1))
+    print(json.dumps(summary, default=str, indent=1))  # the whole summary, for a script to read
     return 0
 
 
