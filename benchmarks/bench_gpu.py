@@ -9,8 +9,9 @@ so ``run_all.py`` stays runnable on a CPU machine.
   view on the device (shorter side to S, bicubic with antialias, centre crop), straight into the same
   model forward and [CLS]-attention probe. (Pillow's and torchvision's bicubic differ in the last bits: this
   measures throughput, the pipeline keeps the CPU decoder that defines the canonical view.)
-- GPU utilisation: NVML's utilisation, sampled every 0.1 s while the scorer stage of a real
-  `datajuicer-ray curate` run (CPU decode tasks, one scorer actor on the GPU) works through the images.
+- GPU utilisation: the GPU's busy share (NVML, or `nvidia-smi` where the NVML bindings are not installed),
+  sampled every 0.1 s while a real `datajuicer-ray curate` run works through the images, once with CPU
+  decode tasks (`vision.decode=cpu`) and once with the scorer actor decoding on its GPU (`vision.decode=gpu`).
 - vLLM captions/s: the rewrite stage's own ray.data.llm processor (``apply_llm_processor``) over N rows,
   for the model named by $DATAJUICER_RAY_BENCH_LLM (a 0.5-1.5B instruct model; default
   Qwen/Qwen2.5-0.5B-Instruct, which needs the hub or a local copy); skipped when vLLM is not installed.
@@ -41,7 +42,8 @@ BATCH = 128
 FIGURES = {
     "cpu_decode": ("scorer images/s per GPU, CPU decode (Pillow, all cores)", "measured"),
     "gpu_decode": ("scorer images/s per GPU, GPU decode (torchvision.io.decode_jpeg on device) vs CPU decode", "measured"),
-    "util": ("GPU utilisation of the scorer stage in `datajuicer-ray curate`", ">= 0.8 busy"),
+    "util": ("GPU utilisation of the scorer stage in `datajuicer-ray curate`, CPU decode tasks", ">= 0.8 busy"),
+    "util_gpu": ("GPU utilisation of the scorer stage in `datajuicer-ray curate`, vision.decode=gpu", ">= 0.8 busy"),
     "vllm": ("vLLM captions/s (rewrite stage, ray.data.llm), 0.5-1.5B instruct model", "measured"),
 }  # fmt: skip
 
@@ -134,39 +136,64 @@ def gpu_decode_rate(data: list[bytes], batch: int) -> float:
     return len(data) / (time.perf_counter() - began)
 
 
+def _visible_gpu() -> str:
+    """The physical index of the GPU this process sees first (NVML and nvidia-smi ignore
+    CUDA_VISIBLE_DEVICES; a UUID there is passed on as it is)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+
+
 class UtilSampler(threading.Thread):
-    """NVML GPU utilisation every 0.1 s; keeps only samples after the GPU first became busy."""
+    """The GPU's busy share every 0.1 s; keeps only samples after the GPU first became busy."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        import pynvml
-
-        pynvml.nvmlInit()
-        self.nvml = pynvml
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
         self.samples: list[int] = []
         self.stop = threading.Event()
+        gpu = _visible_gpu()
+        try:
+            import pynvml  # nvidia-ml-py: in the GPU image (vLLM needs it), not in the CPU install
+
+            pynvml.nvmlInit()
+            handle = (
+                pynvml.nvmlDeviceGetHandleByUUID(gpu)
+                if gpu.startswith(("GPU-", "MIG-"))
+                else pynvml.nvmlDeviceGetHandleByIndex(int(gpu))
+            )
+            self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+        except ImportError:
+            query = [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu",
+                "--format=csv,noheader,nounits",
+                f"--id={gpu}",
+            ]
+            self.read = lambda: int(subprocess.run(query, capture_output=True, text=True, check=True).stdout)
 
     def run(self) -> None:
         while not self.stop.is_set():
-            u = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+            u = self.read()
             if u > 0 or self.samples:
                 self.samples.append(u)
             self.stop.wait(0.1)
 
 
-def pipeline_utilisation(n: int, batch: int) -> float:
+def pipeline_utilisation(n: int, batch: int, decode: str) -> float:
     from benchmarks.bench_pipeline import curate_args
 
-    out_dir = bench_dir() / "gpu-out"
+    out_dir = bench_dir() / f"gpu-out-{decode}"
     shutil.rmtree(out_dir, ignore_errors=True)
     args = curate_args(photo_parquet(n), out_dir, vit_s16_dir(), batch)
-    args = [a for a in args if not a.startswith("ray.num_cpus")] + ["ray.num_cpus=0"]
+    args = [a for a in args if not a.startswith("ray.num_cpus")] + [
+        "ray.num_cpus=0",
+        f"vision.decode={decode}",
+    ]
     sampler = UtilSampler()
     sampler.start()
-    subprocess.run([sys.executable, "-m", "datajuicer_ray.cli", *args], check=True, capture_output=True)
-    sampler.stop.set()
-    sampler.join()
+    try:
+        subprocess.run([sys.executable, "-m", "datajuicer_ray.cli", *args], check=True, capture_output=True)
+    finally:
+        sampler.stop.set()
+        sampler.join()
     busy = sampler.samples
     while busy and busy[-1] == 0:  # the tail after the last batch (writing, shutdown)
         busy.pop()
@@ -227,9 +254,12 @@ def run(quick: bool) -> list[dict]:
         rate = gpu_decode_rate(data, BATCH)
         return row(f"{figure} [{name}]", rate, rates.get("cpu"), target, None)
 
-    def util(figure, target):
-        u = pipeline_utilisation(n, BATCH)
-        return row(f"{figure} [{name}, N={n}, mean of NVML samples while busy]", u, 1.0, target, u >= 0.8)
+    def util(decode: str):
+        def figure_row(figure, target):
+            u = pipeline_utilisation(n, BATCH, decode)
+            return row(f"{figure} [{name}, N={n}, mean of samples while busy]", u, 1.0, target, u >= 0.8)
+
+        return figure_row
 
     def llm(figure, target):
         try:
@@ -238,7 +268,13 @@ def run(quick: bool) -> list[dict]:
             return skipped(figure, target, "vllm not installed")
         return row(f"{figure} [{name}, {captions} captions]", vllm_rate(captions), None, target, None)
 
-    return [_guard("cpu_decode", cpu), _guard("gpu_decode", gpu), _guard("util", util), _guard("vllm", llm)]
+    return [
+        _guard("cpu_decode", cpu),
+        _guard("gpu_decode", gpu),
+        _guard("util", util("cpu")),
+        _guard("util_gpu", util("gpu")),
+        _guard("vllm", llm),
+    ]
 
 
 def main() -> None:

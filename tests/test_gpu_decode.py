@@ -215,3 +215,47 @@ def test_a_broken_device_is_raised_not_routed_to_the_cpu():
     dec.decode_jpeg = broken
     with pytest.raises(RuntimeError, match="CUDA error"):
         dec([encode(photo(), "JPEG")], [None], [None])
+
+
+def test_out_of_memory_on_the_device_sends_the_rows_to_the_cpu_decoder():
+    """Not a broken device: a batch too big for the device's memory is decoded by the CPU decoder."""
+
+    def full(raw, **kw):
+        raise RuntimeError("CUDA error: out of memory")
+
+    dec = GpuDecoder(S, device="cpu")
+    dec.decode_jpeg = full
+    views, statuses, _ = dec([encode(photo(), "JPEG"), encode(photo(), "JPEG")], [None, None], [None, None])
+    assert statuses == ["ok", "ok"] and len(views) == 2 and dec.counts["cpu"] == 2
+
+
+def test_a_device_fault_while_decoding_restarts_the_scorer_actor(monkeypatch):
+    """The scorer decoding on its device (vision.decode=gpu) treats a fault of the decoder as a broken
+    device, as it does one of the model: the actor exits for Ray to restart it, no row is marked."""
+    from datajuicer_ray.vision.scorer import PatchScorer
+
+    scorer = PatchScorer(VisionConfig(model="tiny-random-dino", device="cpu"), decode_on_device=True)
+
+    def broken(raw, **kw):
+        raise RuntimeError("Failed to synchronize CUDA stream: 700")
+
+    scorer.gpu_decoder.decode_jpeg = broken
+
+    class Restarted(Exception):
+        pass
+
+    def restart(err):
+        raise Restarted(str(err))
+
+    monkeypatch.setattr(scorer, "_restart", restart)
+    batch = pa.table(
+        {
+            "key": ["a"],
+            "caption": ["x"],
+            IMAGE_COL: pa.array([encode(photo(), "JPEG")], pa.binary()),
+            UPSTREAM_STATUS_COL: pa.array([None], pa.string()),
+            UPSTREAM_ERROR_COL: pa.array([None], pa.string()),
+        }
+    )
+    with pytest.raises(Restarted, match="synchronize CUDA stream"):
+        scorer(batch)

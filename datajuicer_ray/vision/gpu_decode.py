@@ -36,6 +36,7 @@ from datajuicer_ray.vision.decode import (
     reason,
     upstream_rejection,
 )
+from datajuicer_ray.vision.device_faults import is_device_fault
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; decode_jpeg still works and is the
 # batched nvJPEG entry point we use. The warning would repeat for every batch of every actor.
@@ -44,13 +45,12 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
 DEVICE_MODES = ("RGB", "L")  # Pillow's mode for YCbCr and greyscale JPEGs; CMYK/YCCK stay on the CPU
-# A broken device fails every later call too: such errors are raised, not sent to the CPU decoder, so the
-# scorer's own device-fault handling (scorer._DEVICE_FAULTS) restarts the actor.
-DEVICE_FAULTS = ("CUDA error", "device-side assert", "ECC error")
 
 
 def _reraise_device_fault(err: Exception) -> None:
-    if any(f in str(err) for f in DEVICE_FAULTS):
+    """A broken device fails every later call too: its errors are raised, not sent to the CPU decoder, so
+    the scorer restarts the actor. Out of memory is not one of them: those rows go to the CPU decoder."""
+    if is_device_fault(err):
         raise err
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from datajuicer_ray.config import VisionConfig
 from datajuicer_ray.io import schema
+from datajuicer_ray.vision.device_faults import is_device_fault, is_oom
 from datajuicer_ray.vision.geometry import (
     Geometry,
     mass_keep_count,
@@ -202,13 +203,13 @@ class PatchScorer:
         try:
             maps, probs = self.score(views, captions)
         except Exception as err:  # noqa: BLE001
-            if _is_device_fault(err):
+            if is_device_fault(err):
                 self._restart(err)
             if self.device == "cuda":
                 torch.cuda.empty_cache()
             if len(views) == 1:
                 return [f"{type(err).__name__}: {err}"]
-            if _is_oom(err):
+            if is_oom(err):
                 self.max_batch = max(1, len(views) // 2)
                 log.warning("scorer: out of memory at batch %d, retrying at %d", len(views), self.max_batch)
             half = len(views) // 2
@@ -283,7 +284,12 @@ class PatchScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         drill_failed = self._drill(batch)
         n = batch.num_rows
-        out, status, error, decoded = self._decoded(batch)
+        try:
+            out, status, error, decoded = self._decoded(batch)
+        except Exception as err:
+            if is_device_fault(err):  # decoding on the device: the same broken device as scoring
+                self._restart(err)
+            raise
         captions = batch.column("caption").to_pylist() if self.guide is not None else [None] * n
         for i in drill_failed:
             if status[i] == schema.OK:
@@ -312,22 +318,3 @@ class PatchScorer:
         out = out.append_column("objects", pa.array(objects, pa.list_(schema.OBJECT_TYPE)))
         out = out.append_column("status", pa.array(status, pa.string()))
         return out.append_column("error", pa.array(error, pa.string()))
-
-
-_DEVICE_FAULTS = (
-    "CUDA error",
-    "cuDNN error",
-    "CUBLAS_STATUS",
-    "device-side assert",
-    "NCCL error",
-    "ECC error",
-)
-
-
-def _is_device_fault(err: Exception) -> bool:
-    """Errors after which the device is unusable for every later batch (an OOM is not one of them)."""
-    return not _is_oom(err) and any(s in str(err) for s in _DEVICE_FAULTS)
-
-
-def _is_oom(err: Exception) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
