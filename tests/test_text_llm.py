@@ -139,6 +139,7 @@ def test_vllm_config_comes_from_our_config():
     assert config.engine_kwargs["tensor_parallel_size"] == 2
     assert config.engine_kwargs["revision"] == "abc123"
     assert (config.batch_size, config.concurrency, config.should_continue_on_error) == (24, 3, True)
+    assert config.detokenize_stage is False  # the engine's own text; no stage that skipped rows can break
 
 
 def test_http_config_comes_from_our_config(monkeypatch):
@@ -226,12 +227,8 @@ def test_vllm_postprocess_guards_and_detects_truncation():
 def test_vllm_processor_builds_without_vllm(ray_local):
     # vLLM itself is not installed here; the processor and its stages are still built from our config.
     processor = lp.build_llm_processor(_cfg(backend="vllm", model="tiny-random", batch_size=8))
-    assert processor.list_stage_names() == [
-        "ChatTemplateStage",
-        "TokenizeStage",
-        "vLLMEngineStage",
-        "DetokenizeStage",
-    ]
+    # No DetokenizeStage: the engine returns the text (llm_processors.vllm_config says why).
+    assert processor.list_stage_names() == ["ChatTemplateStage", "TokenizeStage", "vLLMEngineStage"]
     engine = processor.get_stage_by_name("vLLMEngineStage")
     assert engine.fn_constructor_kwargs["engine_kwargs"]["max_model_len"] == 2048
     assert engine.fn_constructor_kwargs["should_continue_on_error"] is True

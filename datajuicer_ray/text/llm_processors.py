@@ -115,6 +115,10 @@ def vllm_config(cfg: CurateConfig) -> Any:
         batch_size=r.batch_size,
         concurrency=r.concurrency,
         should_continue_on_error=True,
+        # The engine returns each answer's text already (vLLM detokenizes). Ray's separate detokenize stage
+        # would only repeat it, and there a batch of rows the rewrite skipped (all decode_error, say) carries
+        # a null `metrics` column that Ray 2.60 cannot concatenate with the typed one of other batches.
+        detokenize_stage=False,
     )
 
 
