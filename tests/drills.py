@@ -22,6 +22,20 @@ def drill_corpus(folder: Path, files: int, rows: int) -> set[str]:
     return keys
 
 
+def tiny_job(inp, out, *extra: str, rows_per_block: int = 4) -> list[str]:
+    """The overrides of a small curation job: the tiny DINO on CPU, small batches and blocks, no progress bar."""
+    return [
+        f"input.path={inp}",
+        f"output.path={out}",
+        "vision.model=tiny-random-dino",
+        "vision.batch_size=4",
+        "vision.num_gpus=0",
+        f"input.rows_per_block={rows_per_block}",
+        "ray.progress=false",
+        *extra,
+    ]
+
+
 def drill_overrides(inp: Path, out: Path, *extra: str, on_workers: bool = True) -> list[str]:
     """A small, slow-enough curation job. ``on_workers``: the scorer actors need a ``scorer_slot`` (only worker
     nodes have one); else they share one node with small decode tasks."""
@@ -30,18 +44,7 @@ def drill_overrides(inp: Path, out: Path, *extra: str, on_workers: bool = True) 
         if on_workers
         else ["vision.decode_num_cpus=0.25"]
     )
-    return [
-        f"input.path={inp}",
-        f"output.path={out}",
-        "vision.model=tiny-random-dino",
-        "vision.batch_size=4",
-        "vision.num_gpus=0",
-        "vision.num_cpus=0.5",
-        *placement,
-        "input.rows_per_block=4",
-        "ray.progress=false",
-        *extra,
-    ]
+    return tiny_job(inp, out, "vision.num_cpus=0.5", *placement, *extra)
 
 
 def curate_argv(config_dir: Path, overrides: list[str]) -> list[str]:

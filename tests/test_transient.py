@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from drills import curate_process
+from drills import curate_process, tiny_job
 from faultyfs import injected, register, set_budget
 from inputs import img2dataset_parquet
 from tables import read_keys, read_rows
@@ -68,16 +68,7 @@ def corpus(folder: Path, files: int = 3, rows: int = 6) -> set[str]:
 
 
 def job(inp: str, out: Path, *extra: str) -> list[str]:
-    return [
-        f"input.path={inp}",
-        f"output.path={out}",
-        "vision.model=tiny-random-dino",
-        "vision.batch_size=4",
-        "vision.num_gpus=0",
-        "input.rows_per_block=3",
-        "ray.progress=false",
-        *extra,
-    ]
+    return tiny_job(inp, out, *extra, rows_per_block=3)  # files of 6 rows: two blocks each
 
 
 def cfg(inp: str, out: Path, *extra: str):
