@@ -89,9 +89,10 @@ def decode_on_device(cfg: CurateConfig, num_gpus: float) -> bool:
 
 
 def build_dataset(
-    cfg: CurateConfig, files: list[InputFile], image_column: str | None, run_id: str
+    cfg: CurateConfig, files: list[InputFile], image_column: str | None, run_id: str, num_gpus: float
 ) -> ray.data.Dataset:
-    """The lazy pipeline; nothing runs until the driver iterates it."""
+    """The lazy pipeline; nothing runs until the driver iterates it. ``num_gpus``: per scorer actor, as
+    :func:`scorer_resources` resolved it against the cluster."""
     ds = ray.data.from_items(reader.file_items(files), override_num_blocks=max(1, len(files)))
     ds = ds.map_batches(
         reader.read_files,
@@ -102,7 +103,6 @@ def build_dataset(
         # actor pools that hold whole CPUs.
         num_cpus=READ_CPUS,
     )
-    num_gpus, _ = scorer_resources(cfg)
     on_device = decode_on_device(cfg, num_gpus)
     if not cfg.rewrite.only and not on_device:
         ds = ds.map_batches(
@@ -260,7 +260,8 @@ def curate(cfg: CurateConfig) -> dict:
 
     mode = init_ray(cfg.ray)
     check_capacity(cfg, mode)
-    say.info(f"{len(pending)} input files, ray {mode}, scorer GPUs per actor: {scorer_resources(cfg)}")
+    num_gpus, why = scorer_resources(cfg)  # asks the cluster (and its autoscaler's config): once
+    say.info(f"{len(pending)} input files, ray {mode}, scorer GPUs per actor: {num_gpus:g} ({why})")
     expected = reader.count_rows(pending)
     committer = writer.Committer(
         table, pending, expected, generation, record["fingerprint"], run_id, out_schema, replacing
@@ -269,7 +270,7 @@ def curate(cfg: CurateConfig) -> dict:
     failures = FailureRate(cfg.output.max_failure_rate, cfg.output.failure_window)
     t_stream = time.time()
     try:
-        for batch in build_dataset(cfg, pending, image_column, run_id).iter_batches(
+        for batch in build_dataset(cfg, pending, image_column, run_id, num_gpus).iter_batches(
             batch_size=None, batch_format="pyarrow"
         ):
             for meta in batch.to_pylist():
