@@ -29,6 +29,7 @@ BENCHMARKS = [
     ("attention", "benchmarks.bench_attention"),
     ("guard", "benchmarks.bench_guard"),
     ("precision", "benchmarks.bench_precision"),
+    ("forward_rows", "benchmarks.bench_forward_rows"),
     ("decode", "benchmarks.bench_decode"),
     ("pipeline", "benchmarks.bench_pipeline"),
     ("memory", "benchmarks.bench_memory"),

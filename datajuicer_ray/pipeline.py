@@ -25,7 +25,7 @@ from datajuicer_ray.io.sample import write_sample
 from datajuicer_ray.io.table import FingerprintConflict, OutputTable, TableConflict, input_app_id, new_run_id
 from datajuicer_ray.progress import Progress, console, print_summary
 from datajuicer_ray.provenance import config_difference, run_record
-from datajuicer_ray.runtime import actor_pool_kwargs, gpus_available_or_scalable, init_ray
+from datajuicer_ray.runtime import actor_pool_kwargs, gpus_available_or_scalable, init_ray, shutdown_ray
 from datajuicer_ray.vision.stage import PatchScorerStage, decode_batch
 
 log = logging.getLogger("datajuicer_ray")
@@ -320,5 +320,5 @@ def curate_from_cli(config_path: str, overrides: list[str]) -> int:
         # that has committed everything does not need (the hook then finds nothing to shut down). Only after
         # success: after an early stop, Ray Data's threads may still touch the core worker, which then ends
         # the process before the CLI has printed the error.
-        ray.shutdown()
+        shutdown_ray()
     return 0 if summary.get("rows_in") == summary.get("rows_out") else 1

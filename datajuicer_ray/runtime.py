@@ -3,8 +3,11 @@ one), what the cluster has or could add, and the actor pools stages run on."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -12,6 +15,9 @@ import ray
 from datajuicer_ray.config import ActorPoolConfig, RayConfig
 
 log = logging.getLogger(__name__)
+
+# Whether init_ray started a Ray of its own here, which ends with this process (see shutdown_ray).
+_started_local = False
 
 
 def init_ray(cfg: RayConfig) -> str:
@@ -29,6 +35,8 @@ def init_ray(cfg: RayConfig) -> str:
             kwargs["num_cpus"] = cfg.num_cpus
         ray.init(include_dashboard=False, **kwargs)
         mode = "local"
+        global _started_local
+        _started_local = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     # One bad row must never drop a block: our stages catch row errors themselves, so any error that
@@ -36,6 +44,23 @@ def init_ray(cfg: RayConfig) -> str:
     ctx.max_errored_blocks = 0
     log.info("ray: %s (%s)", mode, ray.cluster_resources())
     return mode
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray that init_ray started here, or leave the cluster's.
+
+    Ray 2.60 stops a local Ray's GCS before its autoscaler monitor; the monitor's SIGTERM handler then
+    reports its own "failure" to the GCS that is gone and hangs until Ray SIGKILLs it after a 1 s grace
+    period: 1.0 s of a 1.4 s shutdown (docs/benchmarks.md). The monitor of a Ray that ends with this
+    process has nothing to save, so it is killed first; the rest stop as Ray stops them.
+    """
+    global _started_local
+    if _started_local and ray.is_initialized():
+        for pid in _monitor_pids():
+            with contextlib.suppress(ProcessLookupError):  # it may have gone by itself
+                os.kill(pid, signal.SIGKILL)
+    _started_local = False
+    ray.shutdown()
 
 
 def actor_pool_kwargs(
@@ -98,13 +123,10 @@ def _node_types_from_gcs() -> dict[str, dict] | None:
 _MONITOR_SCRIPTS = ("autoscaler/_private/monitor.py", "autoscaler/v2/monitor.py")
 
 
-def _autoscaler_config_path() -> str | None:
-    """`--autoscaling-config` of this cluster's autoscaler, if it runs on this machine (Linux /proc)."""
-    if not os.path.isdir("/proc") or not ray.is_initialized():
-        return None
-    gcs_address = ray.get_runtime_context().gcs_address
-    node = ray._private.worker._global_node
-    session = getattr(node, "session_name", None) if node is not None else None
+def _monitors() -> Iterator[tuple[int, dict[str, str]]]:
+    """(pid, its ``--key=value`` options) of every autoscaler monitor on this machine (Linux /proc)."""
+    if not os.path.isdir("/proc"):
+        return
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -113,15 +135,30 @@ def _autoscaler_config_path() -> str | None:
                 args = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
         except OSError:
             continue
-        if not any(a.endswith(_MONITOR_SCRIPTS) for a in args[:4]):
-            continue
-        opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        if any(a.endswith(_MONITOR_SCRIPTS) for a in args[:4]):
+            yield int(entry.name), dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+
+
+def _monitor_pids() -> list[int]:
+    """The autoscaler monitor of the Ray this driver is connected to: the one started with its GCS."""
+    gcs_address = ray.get_runtime_context().gcs_address
+    return [pid for pid, opts in _monitors() if opts.get("gcs-address") == gcs_address]
+
+
+def _autoscaler_config_path() -> str | None:
+    """`--autoscaling-config` of this cluster's autoscaler, if it runs on this machine (Linux /proc)."""
+    if not ray.is_initialized():
+        return None
+    gcs_address = ray.get_runtime_context().gcs_address
+    node = ray._private.worker._global_node
+    session = getattr(node, "session_name", None) if node is not None else None
+    for pid, opts in _monitors():
         ours = opts.get("gcs-address") == gcs_address or (
             session and f"/{session}/" in opts.get("logs-dir", "") + "/"
         )
         if ours and opts.get("autoscaling-config"):
             path = os.path.expanduser(opts["autoscaling-config"])
-            return path if os.path.isabs(path) else os.path.join(f"/proc/{entry.name}/cwd", path)
+            return path if os.path.isabs(path) else os.path.join(f"/proc/{pid}/cwd", path)
     return None
 
 
