@@ -29,7 +29,7 @@ BENCHMARKS = [
     ("attention", "benchmarks.bench_attention"),
     ("guard", "benchmarks.bench_guard"),
     ("precision", "benchmarks.bench_precision"),
-    ("forward_rows", "benchmarks.bench_forward_rows"),
+    ("allocator", "benchmarks.bench_allocator"),
     ("decode", "benchmarks.bench_decode"),
     ("pipeline", "benchmarks.bench_pipeline"),
     ("memory", "benchmarks.bench_memory"),

@@ -49,7 +49,6 @@ def test_overrides_apply_and_are_typed():
         ("input.shard=5/4", "input.shard"),
         ("rewrite.backend=gpt", "rewrite.backend: 'gpt' is not one of vllm, http, transformers"),
         ("vision.dtype=int8", "vision.dtype"),
-        ("vision.forward_rows=-1", "vision.forward_rows: must be >= 0"),
         ("keep_ratio", "override 'keep_ratio': expected KEY=VALUE"),
     ],
 )
@@ -103,7 +102,6 @@ def test_fingerprint_exclusions_are_declared_on_the_fields():
     ):
         assert key not in excluded and fingerprinted(key), key
     assert not fingerprinted("ray.progress") and not fingerprinted("vision.batch_size")
-    assert not fingerprinted("vision.forward_rows")  # how many rows a pass takes, not what a row becomes
 
 
 def test_fingerprint_follows_the_declarations():

@@ -13,7 +13,7 @@ from datajuicer_ray.io import schema
 from datajuicer_ray.vision import models
 from datajuicer_ray.vision.geometry import resample_scores, top_k_indices
 from datajuicer_ray.vision.models import scorer_run_info
-from datajuicer_ray.vision.scorer import CPU_FORWARD_ROWS, PatchScorer, forward_rows
+from datajuicer_ray.vision.scorer import PatchScorer
 
 
 def views(n=3, seed=0) -> np.ndarray:
@@ -140,33 +140,6 @@ def test_separate_classifier_names_objects_for_a_headless_scorer():
     out = PatchScorer(vision)(batch_of(views(2), ["ok", "ok"]))
     assert [len(o) for o in out.column("objects").to_pylist()] == [3, 3]
     assert scorer_run_info(vision)["objects"]["source"] == "classifier"
-
-
-def test_forward_passes_of_a_few_rows_score_as_one_pass_of_the_batch():
-    """On a CPU a batch goes through the models a few rows at a time (vision.forward_rows; 8 by default):
-    the maps and classes must be those of one pass over the whole batch, for the scorer and a classifier."""
-    assert forward_rows(VisionConfig(), "cpu") == CPU_FORWARD_ROWS
-    assert forward_rows(VisionConfig(), "cuda") == 0  # the whole batch
-    assert forward_rows(VisionConfig(forward_rows=3), "cuda") == 3
-    kw = dict(model="tiny-random-dino", classifier="tiny-random-vit-classifier", device="cpu", batch_size=5)
-    chunked, whole = (
-        PatchScorer(VisionConfig(forward_rows=2, **kw)),
-        PatchScorer(VisionConfig(forward_rows=5, **kw)),
-    )
-    passes = {"scorer": 0, "classifier": 0}
-    chunked.scorer.model.register_forward_hook(lambda *_: passes.__setitem__("scorer", passes["scorer"] + 1))
-    chunked.classifier.model.register_forward_hook(
-        lambda *_: passes.__setitem__("classifier", passes["classifier"] + 1)
-    )
-    v = views(5)
-    maps, probs = chunked.score(v)
-    assert passes == {"scorer": 3, "classifier": 3}  # rows 2 + 2 + 1
-    ref_maps, ref_probs = whole.score(v)
-    assert maps.shape == ref_maps.shape == (5, 14, 14) and probs.shape == ref_probs.shape
-    np.testing.assert_allclose(maps, ref_maps, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(probs, ref_probs, rtol=0, atol=1e-6)
-    rows = chunked(batch_of(v, ["ok"] * 5)).column("patch_index").to_pylist()
-    assert rows == [top_k_indices(m.astype(np.float32).ravel(), 98).tolist() for m in ref_maps]
 
 
 @pytest.mark.parametrize(

@@ -147,9 +147,6 @@ def _validate_curate(cfg: CurateConfig) -> None:
         f"{v.image_size} is not a multiple of vision.patch_size={v.patch_size}",
     )
     _require(v.scorer_image_size >= 0, "vision.scorer_image_size", "must be >= 0")
-    _require(
-        v.forward_rows >= 0, "vision.forward_rows", "must be >= 0 (0: 8 on CPU, the whole batch on a GPU)"
-    )
     _one_of(v.dtype, "vision.dtype", ("auto", "fp32", "bf16", "fp16"))
     _one_of(v.device, "vision.device", ("auto", "cpu", "cuda"))
     _one_of(v.decode, "vision.decode", ("auto", "cpu", "gpu"))

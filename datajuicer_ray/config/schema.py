@@ -135,10 +135,6 @@ class VisionConfig(ActorPoolConfig):
     # The scorer sees the canonical view resized to this side (0 = image_size).
     scorer_image_size: int = 0
     batch_size: int = field(default=64, metadata=NOT_FINGERPRINTED)
-    # Rows per forward pass within a batch (0 = auto: 8 on CPU, the whole batch on a GPU). On a CPU a
-    # ViT's activations for more rows spill out of the caches: DINOv2-S/14 scores 48 ms a row at 8 against
-    # 63 at 32 on a 2-core VM (docs/benchmarks.md); a GPU wants the largest batch it holds.
-    forward_rows: int = field(default=0, metadata=NOT_FINGERPRINTED)
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     # Where images are decoded: cpu (Ray tasks, Pillow), gpu (in the scorer actor: nvJPEG for JPEGs, Pillow
     # for the rest; no CPU decode stage), auto (gpu when the scorer actors get GPUs, else cpu).

@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from datajuicer_ray.allocator import keep_freed_memory
 from datajuicer_ray.config import VisionConfig
 from datajuicer_ray.io import schema
 from datajuicer_ray.vision.device_faults import is_device_fault, is_oom
@@ -71,18 +72,6 @@ def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
 
 
-# Rows per forward pass on a CPU when vision.forward_rows is 0 (the schema says why; measured in
-# benchmarks/bench_forward_rows.py).
-CPU_FORWARD_ROWS = 8
-
-
-def forward_rows(vision: VisionConfig, device: str) -> int:
-    """Rows per forward pass; 0: the whole batch."""
-    if vision.forward_rows:
-        return vision.forward_rows
-    return CPU_FORWARD_ROWS if device == "cpu" else 0
-
-
 def cpu_threads(vision: VisionConfig) -> int:
     """Torch threads for a CPU scorer. Ray pins an actor's OMP_NUM_THREADS to its num_cpus (1 by default),
     which left the other cores of a CPU node to decode tasks that need ~3% of the forward's time: the
@@ -116,6 +105,7 @@ class PatchScorer:
         self.cpu_threads = cpu_threads(vision) if self.device == "cpu" else 0
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
+            keep_freed_memory()  # each batch reuses the last one's activations (allocator.py)
         self.scorer = load_model(vision.model, vision.revision, self.device)
         self.probe = ClsAttentionProbe(last_attention(self.scorer.model))
         self.classifier: LoadedModel | None = None
@@ -127,7 +117,6 @@ class PatchScorer:
 
             self.guide = TextGuide(vision.text_guided.model, self.device)
         self.max_batch = vision.batch_size
-        self.forward_rows = forward_rows(vision, self.device)
         self.gpu_decoder = None
         if decode_on_device:
             from datajuicer_ray.vision.gpu_decode import GpuDecoder
@@ -158,20 +147,6 @@ class PatchScorer:
         with torch.inference_mode(), amp:
             return lm.model(**kwargs)
 
-    def _attention_and_classes(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One forward pass: [CLS] attention maps on the model's own grid [B, g, g], class probs [B, C]."""
-        out = self._forward(self.scorer, self._pixels(views, self.scorer, self.scorer_size), self.scorer_size)
-        attn = self.probe.cls_attention()[:, self.scorer.num_prefix_tokens :]
-        side = int(round(attn.shape[1] ** 0.5))
-        maps = attn.reshape(-1, side, side).double().cpu().numpy()
-        if self.scorer.has_head:
-            return maps, out.logits.float().softmax(-1).cpu().numpy()
-        if self.classifier is not None:
-            size = int(self.classifier.model.config.image_size)
-            logits = self._forward(self.classifier, self._pixels(views, self.classifier, size), size).logits
-            return maps, logits.float().softmax(-1).cpu().numpy()
-        return maps, None
-
     def score(
         self, views: np.ndarray, captions: list[str | None] | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -180,10 +155,18 @@ class PatchScorer:
             # Again here: the thread count is per OpenMP thread, and Ray Data calls the stage from another
             # thread than the one that ran __init__.
             torch.set_num_threads(self.cpu_threads)
-        step = self.forward_rows or max(1, len(views))
-        parts = [self._attention_and_classes(views[i : i + step]) for i in range(0, len(views), step)]
-        maps = resample_scores(np.concatenate([m for m, _ in parts]), self.grid)
-        probs = None if parts[0][1] is None else np.concatenate([p for _, p in parts])
+        out = self._forward(self.scorer, self._pixels(views, self.scorer, self.scorer_size), self.scorer_size)
+        attn = self.probe.cls_attention()[:, self.scorer.num_prefix_tokens :]
+        side = int(round(attn.shape[1] ** 0.5))
+        maps = attn.reshape(-1, side, side).double().cpu().numpy()
+        probs = None
+        if self.scorer.has_head:
+            probs = out.logits.float().softmax(-1).cpu().numpy()
+        elif self.classifier is not None:
+            size = int(self.classifier.model.config.image_size)
+            logits = self._forward(self.classifier, self._pixels(views, self.classifier, size), size).logits
+            probs = logits.float().softmax(-1).cpu().numpy()
+        maps = resample_scores(maps, self.grid)
         if self.guide is not None:
             from datajuicer_ray.vision.text_guided import blend
 

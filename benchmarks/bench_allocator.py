@@ -1,0 +1,110 @@
+"""A CPU scorer with the freed memory kept (``allocator.keep_freed_memory``) vs glibc's defaults.
+
+Each side is a fresh process running the bare loop of ``bench_pipeline.py`` (decode a batch of 32 web
+photos, score it with the ViT-S/16-sized scorer, fp32, torch on every core) over the first N rows of the
+same corpus; the "glibc defaults" side replaces ``keep_freed_memory`` with a no-op before the scorer is
+built. Only the scoring is timed; the peak RSS of each process is the memory the kept heap costs.
+
+    python benchmarks/bench_allocator.py --quick   # N=200, 3 rounds
+    python benchmarks/bench_allocator.py           # N=500, 5 rounds
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import alternate, main_for, median, photo_parquet, row, spread, vit_s16_dir
+
+BATCH = 32
+
+
+def child(mode: str, input_dir: str, model_dir: str, n: int) -> None:
+    import resource
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    import datajuicer_ray.vision.scorer as scorer_module
+    from datajuicer_ray.config import VisionConfig
+    from datajuicer_ray.vision.decode import Decoder
+
+    if mode == "defaults":
+        scorer_module.keep_freed_memory = lambda: False
+    vision = VisionConfig(model=model_dir, batch_size=BATCH, dtype="fp32", device="cpu")
+    scorer, decoder, s = scorer_module.PatchScorer(vision), Decoder(vision), vision.image_size
+    scoring, rows = 0.0, 0
+    for path in sorted(Path(input_dir).glob("*.parquet")):
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["jpg"]):
+            views = [decoder.decode_one(data, "success", None)[2] for data in rb.column("jpg").to_pylist()]
+            views = np.stack([np.frombuffer(v, np.uint8).reshape(s, s, 3) for v in views])
+            began = time.perf_counter()
+            scorer.score(views)
+            scoring += time.perf_counter() - began
+            rows += len(views)
+        if rows >= n:
+            break
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"ms_per_row": scoring / rows * 1000, "rows": rows, "peak_rss_mb": peak_mb}))
+
+
+def measure(n: int, reps: int) -> list[dict]:
+    input_dir, model_dir = photo_parquet(1000, files=20), vit_s16_dir()
+    results: dict[str, list[dict]] = {"kept": [], "defaults": []}
+
+    def side(mode: str):
+        def go() -> float:
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                mode,
+                str(input_dir),
+                str(model_dir),
+            ]
+            out = subprocess.run([*cmd, str(n)], capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[mode].append(res)
+            return res["ms_per_row"]
+
+        return go
+
+    ms = alternate({"kept": side("kept"), "defaults": side("defaults")}, reps)
+    speedup = median([d / k for k, d in zip(ms["kept"], ms["defaults"])])
+    rss = {m: spread([r["peak_rss_mb"] for r in results[m]], " MB", 0) for m in results}
+    rows = results["kept"][0]["rows"]
+    return [
+        row(
+            f"CPU scorer images/s, freed memory kept vs glibc's defaults [ViT-S/16 fp32, batches of {BATCH} web "
+            f"photos decoded between them, {rows} rows, {reps} alternated rounds; ms a row kept "
+            f"{spread(ms['kept'], ' ms', 1)}, defaults {spread(ms['defaults'], ' ms', 1)}; peak RSS kept "
+            f"{rss['kept']}, defaults {rss['defaults']}]",
+            1000 / median(ms["kept"]),
+            1000 / median(ms["defaults"]),
+            "faster than the defaults",
+            speedup > 1.0,
+            ratio=speedup,
+        )
+    ]
+
+
+def run(quick: bool) -> list[dict]:
+    return measure(200, 3) if quick else measure(500, 5)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        mode, input_dir, model_dir, n = sys.argv[2:6]
+        child(mode, input_dir, model_dir, int(n))
+        return
+    main_for(run, __doc__)
+
+
+if __name__ == "__main__":
+    main()
