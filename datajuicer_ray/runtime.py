@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,8 +60,22 @@ def shutdown_ray() -> None:
         for pid in _monitor_pids():
             with contextlib.suppress(ProcessLookupError):  # it may have gone by itself
                 os.kill(pid, signal.SIGKILL)
+            _wait_exited(pid, timeout_s=1.0)
     _started_local = False
     ray.shutdown()
+
+
+def _wait_exited(pid: int, timeout_s: float) -> None:
+    """Until ``pid`` has exited (a zombie counts: Ray's own handle on it reaps it), at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.005)
 
 
 def actor_pool_kwargs(
