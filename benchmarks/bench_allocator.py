@@ -1,12 +1,14 @@
-"""A CPU scorer with the freed memory kept (``allocator.keep_freed_memory``) vs glibc's defaults.
+"""CPU models with the freed memory kept (``allocator.keep_freed_memory``) vs glibc's defaults.
 
-Each side is a fresh process running the bare loop of ``bench_pipeline.py`` (decode a batch of 32 web
-photos, score it with the ViT-S/16-sized scorer, fp32, torch on every core) over the first N rows of the
-same corpus; the "glibc defaults" side replaces ``keep_freed_memory`` with a no-op before the scorer is
-built. Only the scoring is timed; the peak RSS of each process is the memory the kept heap costs.
+Each side is a fresh process; the "glibc defaults" side replaces ``keep_freed_memory`` with a no-op
+before the model is built. Two workloads:
+- the scorer: the bare loop of ``bench_pipeline.py`` (decode a batch of 32 web photos, score it with the
+  ViT-S/16-sized scorer, fp32, torch on every core) over the first N rows of the same corpus; only the
+  scoring is timed, and the peak RSS of each process is the memory the kept heap costs;
+- the CPU rewriter: SmolLM2-135M (transformers) rewrites 32 captions at batch 16 on one thread.
 
-    python benchmarks/bench_allocator.py --quick   # N=200, 3 rounds
-    python benchmarks/bench_allocator.py           # N=500, 5 rounds
+    python benchmarks/bench_allocator.py --quick   # scorer N=200, 3 rounds; rewriter 2 rounds
+    python benchmarks/bench_allocator.py           # scorer N=500, 5 rounds; rewriter 3 rounds
 """
 
 from __future__ import annotations
@@ -54,6 +56,47 @@ def child(mode: str, input_dir: str, model_dir: str, n: int) -> None:
     print(json.dumps({"ms_per_row": scoring / rows * 1000, "rows": rows, "peak_rss_mb": peak_mb}))
 
 
+def rewriter_child(mode: str) -> None:
+    import datajuicer_ray.text.transformers_backend as backend
+    from benchmarks.bench_rewrite import captions_table
+    from datajuicer_ray.config import RewriteConfig
+
+    if mode == "defaults":
+        backend.keep_freed_memory = lambda: False
+    rewrite = RewriteConfig(model="smollm2", max_new_tokens=32, batch_size=16)
+    rewriter = backend.TransformersRewriter(rewrite, num_threads=1)
+    rewriter(captions_table(2))  # warm-up
+    table = captions_table(32)
+    began = time.perf_counter()
+    rewriter(table)
+    print(json.dumps({"captions_per_s": table.num_rows / (time.perf_counter() - began)}))
+
+
+def measure_rewriter(reps: int) -> list[dict]:
+    def side(mode: str):
+        def go() -> float:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--rewriter-child", mode]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            return json.loads(out.stdout.strip().splitlines()[-1])["captions_per_s"]
+
+        return go
+
+    rate = alternate({"kept": side("kept"), "defaults": side("defaults")}, reps)
+    speedup = median([k / d for k, d in zip(rate["kept"], rate["defaults"])])
+    return [
+        row(
+            f"CPU rewriter captions/s, freed memory kept vs glibc's defaults [SmolLM2-135M, transformers, "
+            f"32 captions at batch 16, 1 thread, {reps} alternated rounds; kept {spread(rate['kept'])}, "
+            f"defaults {spread(rate['defaults'])}]",
+            median(rate["kept"]),
+            median(rate["defaults"]),
+            "faster than the defaults",
+            speedup > 1.0,
+            ratio=speedup,
+        )
+    ]
+
+
 def measure(n: int, reps: int) -> list[dict]:
     input_dir, model_dir = photo_parquet(1000, files=20), vit_s16_dir()
     results: dict[str, list[dict]] = {"kept": [], "defaults": []}
@@ -95,13 +138,18 @@ def measure(n: int, reps: int) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
-    return measure(200, 3) if quick else measure(500, 5)
+    if quick:
+        return measure(200, 3) + measure_rewriter(2)
+    return measure(500, 5) + measure_rewriter(3)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         mode, input_dir, model_dir, n = sys.argv[2:6]
         child(mode, input_dir, model_dir, int(n))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--rewriter-child":
+        rewriter_child(sys.argv[2])
         return
     main_for(run, __doc__)
 

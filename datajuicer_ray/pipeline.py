@@ -18,7 +18,6 @@ import pyarrow as pa
 import ray
 
 from datajuicer_ray import preflight
-from datajuicer_ray.allocator import CPU_ACTOR_ENV
 from datajuicer_ray.config import ConfigError, CurateConfig, load_curate_config
 from datajuicer_ray.io import curated, reader, schema, writer
 from datajuicer_ray.io.reader import InputFile
@@ -122,7 +121,7 @@ def build_dataset(
             PatchScorerStage,
             fn_constructor_kwargs={"vision": cfg.vision, "decode_on_device": on_device},
             batch_format="pyarrow",
-            **scorer_remote_args(cfg, num_gpus),
+            **actor_pool_kwargs(cfg.vision, num_gpus=num_gpus, resources=cfg.vision.resources),
         )
     if cfg.rewrite.enabled:
         from datajuicer_ray.text.stage import add_rewrite_stage
@@ -140,15 +139,6 @@ def build_dataset(
         batch_format="pyarrow",
         num_cpus=WRITE_CPUS,
     )
-
-
-def scorer_remote_args(cfg: CurateConfig, num_gpus: float) -> dict:
-    """``map_batches`` arguments of the scorer: its actor pool, GPUs and extra resources; a CPU scorer's
-    process also gets one malloc arena (``allocator.CPU_ACTOR_ENV``: its batches run on a thread)."""
-    args = actor_pool_kwargs(cfg.vision, num_gpus=num_gpus, resources=cfg.vision.resources)
-    if not num_gpus:
-        args["runtime_env"] = {"env_vars": dict(CPU_ACTOR_ENV)}
-    return args
 
 
 # ----------------------------------------------------------------------------------------------

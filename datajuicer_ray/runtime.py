@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from datajuicer_ray.allocator import CPU_ACTOR_ENV
 from datajuicer_ray.config import ActorPoolConfig, RayConfig
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ def actor_pool_kwargs(
     scorer's GPU count is resolved against the cluster first, ``pipeline.scorer_resources``). Keys that
     are not given are left out rather than set to 0 or None, so the operator's remote args stay exactly
     what the stage asked for: Ray Data fuses neighbouring operators whose remote args match.
+
+    A pool without GPUs runs its model on the CPU, on a thread of the actor: its processes get
+    ``allocator.CPU_ACTOR_ENV`` (one malloc arena), so each batch reuses the memory the last one freed.
     """
     kwargs: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
@@ -95,6 +99,8 @@ def actor_pool_kwargs(
     }
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
+    if not num_gpus:
+        kwargs["runtime_env"] = {"env_vars": dict(CPU_ACTOR_ENV)}
     if resources:
         kwargs["resources"] = dict(resources)
     return kwargs

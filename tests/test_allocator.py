@@ -11,7 +11,7 @@ import pytest
 
 from datajuicer_ray.allocator import CPU_ACTOR_ENV
 from datajuicer_ray.config import load_curate_config
-from datajuicer_ray.pipeline import scorer_remote_args
+from datajuicer_ray.runtime import actor_pool_kwargs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 
@@ -27,6 +27,10 @@ elif mode == "scorer":
     from datajuicer_ray.config import VisionConfig
     from datajuicer_ray.vision.scorer import PatchScorer
     PatchScorer(VisionConfig(model="tiny-random", device="cpu"))
+elif mode == "rewriter":
+    from datajuicer_ray.config import RewriteConfig
+    from datajuicer_ray.text.transformers_backend import TransformersRewriter
+    TransformersRewriter(RewriteConfig(model="tiny-random"), num_threads=1)
 
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -62,19 +66,21 @@ def faults(mode: str, env: dict[str, str] | None = None) -> int:
 
 
 def test_freed_memory_is_reused_not_faulted_in_again():
-    default, kept, scorer = faults("default"), faults("keep"), faults("scorer")
-    # glibc maps each 40 MiB block anew and the kernel faults it in (in 4 KiB or, where numpy asks for
+    default, kept = faults("default"), faults("keep")
+    scorer, rewriter = faults("scorer"), faults("rewriter")  # a CPU scorer and the CPU rewriter ask for it
+    # glibc maps each 20 MiB block anew and the kernel faults it in (in 4 KiB or, where numpy asks for
     # them, 2 MiB pages): at least one fault per block
-    assert default >= 10 * 10, (default, kept, scorer)
-    assert kept <= default / 20 and scorer <= default / 20, (default, kept, scorer)
+    assert default >= 10 * 10, (default, kept, scorer, rewriter)
+    assert max(kept, scorer, rewriter) <= default / 20, (default, kept, scorer, rewriter)
 
 
 def test_a_cpu_actor_keeps_it_on_its_batch_thread_too():
-    """A thread's own arena unmaps its heaps once free, whatever the thresholds: the CPU scorer's actor
-    process runs with one arena (CPU_ACTOR_ENV), and build_dataset asks Ray for it."""
+    """A thread's own arena unmaps its heaps once free, whatever the thresholds: the processes of CPU actor
+    pools (the scorer's, the rewriter's) run with one arena (CPU_ACTOR_ENV), as their remote args ask Ray."""
     own_arena, one_arena = faults("thread"), faults("thread", CPU_ACTOR_ENV)
     assert own_arena >= 10 * 10, (own_arena, one_arena)
     assert one_arena <= own_arena / 20, (own_arena, one_arena)
     cfg = load_curate_config(None, ["input.path=in", "output.path=out"])
-    assert scorer_remote_args(cfg, 0)["runtime_env"] == {"env_vars": CPU_ACTOR_ENV}
-    assert "runtime_env" not in scorer_remote_args(cfg, 1)  # a GPU scorer's batches live on the device
+    for cpu_pool in (actor_pool_kwargs(cfg.vision, num_gpus=0), actor_pool_kwargs(cfg.rewrite)):
+        assert cpu_pool["runtime_env"] == {"env_vars": CPU_ACTOR_ENV}
+    assert "runtime_env" not in actor_pool_kwargs(cfg.vision, num_gpus=1)  # its batches live on the device
