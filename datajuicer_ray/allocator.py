@@ -23,16 +23,16 @@ M_MMAP_THRESHOLD = -3
 # Requests up to this size come from the heap, and this much free memory at its top is kept.
 KEEP_BYTES = 1 << 30
 
-_kept = False
-
-# The environment of a process that runs a CPU model from a thread other than its main one, as a Ray Data
-# actor does (its batches run on a thread of their own): the CPU scorer's and the CPU rewriter's
-# (runtime.actor_pool_kwargs). glibc gives such a thread its own arena, whose heaps
-# are at most 64 MiB and are unmapped whole once free, whatever the thresholds say: a batch's activations
-# fault in again each time. One arena puts every thread on the main heap, where the thresholds hold.
-# Measured with the scoring loop on a thread: 38-40 ms a row and ~2,000 page faults a row, 36.9 ms and ~270
-# with one arena (docs/benchmarks.md). Read by glibc when the process starts, hence an environment.
+# The environment of a process that runs a CPU model on a thread other than its main one, as a Ray Data
+# actor does (its batches run on a thread of their own): the CPU scorer's and the CPU rewriter's, through
+# runtime.actor_pool_kwargs. glibc gives such a thread its own arena, whose heaps are at most 64 MiB and are
+# unmapped whole once free, whatever the thresholds say: a batch's activations fault in again each time.
+# One arena puts every thread on the main heap, where the thresholds hold. Measured with the scoring loop
+# on a thread: 38-40 ms a row and ~2,000 page faults a row; 36.9 ms and ~270 with one arena
+# (docs/benchmarks.md). glibc reads it when the process starts, hence an environment variable.
 CPU_ACTOR_ENV = {"MALLOC_ARENA_MAX": "1"}
+
+_kept = False
 
 
 def keep_freed_memory() -> bool:

@@ -24,6 +24,7 @@ _started_local = False
 
 def init_ray(cfg: RayConfig) -> str:
     """Start or join Ray once; returns how it was reached ("existing", "cluster" or "local")."""
+    global _started_local
     if ray.is_initialized():
         return "existing"
     address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -32,12 +33,12 @@ def init_ray(cfg: RayConfig) -> str:
         # Under `ray job submit` the driver runs on the head node and RAY_ADDRESS points at it.
         ray.init(address=address, **kwargs)
         mode = "cluster"
+        _started_local = False  # a cluster's processes are never ours to stop
     else:
         if cfg.num_cpus:
             kwargs["num_cpus"] = cfg.num_cpus
         ray.init(include_dashboard=False, **kwargs)
         mode = "local"
-        global _started_local
         _started_local = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress

@@ -66,9 +66,12 @@ def test_a_local_ray_stops_its_monitor_before_the_gcs():
 
 
 def test_a_cluster_driver_leaves_the_cluster_monitor_running():
+    """Also after a local Ray of its own earlier in the same process."""
     got = run(
         """
         from ray.cluster_utils import Cluster
+        runtime.init_ray(RayConfig(num_cpus=1))  # a local Ray earlier in this process, stopped by hand
+        ray.shutdown()
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         assert runtime.init_ray(RayConfig(address=cluster.address)) == "cluster"
         monitors = runtime._monitor_pids()
