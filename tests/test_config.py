@@ -144,9 +144,10 @@ def test_actor_pool_kwargs():
         1.0,
         {"node:x": 0.1},
     )
-    # A pool without GPUs or resources asks for none: no num_gpus=0 or resources=None in its remote args.
+    # A pool without GPUs or resources asks for none: no num_gpus=0 or resources=None in its remote args;
+    # it runs on the CPU, so its processes get one malloc arena (tests/test_allocator.py).
     kw = actor_pool_kwargs(RewriteConfig(max_actors=3, num_cpus=4.0))
-    assert set(kw) == {"compute", "batch_size", "num_cpus"} and kw["compute"].max_size == 3
+    assert set(kw) == {"compute", "batch_size", "num_cpus", "runtime_env"} and kw["compute"].max_size == 3
 
 
 def test_train_config_names_bad_key():
