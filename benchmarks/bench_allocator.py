@@ -3,8 +3,8 @@
 Each side is a fresh process; the "glibc defaults" side replaces ``keep_freed_memory`` with a no-op
 before the model is built. Two workloads:
 - the scorer: the bare loop of ``bench_pipeline.py`` (decode a batch of 32 web photos, score it with the
-  ViT-S/16-sized scorer, fp32, torch on every core) over the first N rows of the same corpus; only the
-  scoring is timed, and the peak RSS of each process is the memory the kept heap costs;
+  ViT-S/16-sized scorer, fp32 on a CPU, torch on every core) over the first N rows of the same corpus; only
+  the scoring is timed, and the peak RSS of each process is the memory the kept heap costs;
 - the CPU rewriter: SmolLM2-135M (transformers) rewrites 32 captions at batch 16 on one thread.
 
     python benchmarks/bench_allocator.py --quick   # scorer N=200, 3 rounds; rewriter 2 rounds
@@ -30,30 +30,18 @@ BATCH = 32
 def child(mode: str, input_dir: str, model_dir: str, n: int) -> None:
     import resource
 
-    import numpy as np
-    import pyarrow.parquet as pq
-
     import datajuicer_ray.vision.scorer as scorer_module
-    from datajuicer_ray.config import VisionConfig
-    from datajuicer_ray.vision.decode import Decoder
+    from benchmarks.bench_pipeline import bare_loop
 
     if mode == "defaults":
         scorer_module.keep_freed_memory = lambda: False
-    vision = VisionConfig(model=model_dir, batch_size=BATCH, dtype="fp32", device="cpu")
-    scorer, decoder, s = scorer_module.PatchScorer(vision), Decoder(vision), vision.image_size
-    scoring, rows = 0.0, 0
-    for path in sorted(Path(input_dir).glob("*.parquet")):
-        for rb in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["jpg"]):
-            views = [decoder.decode_one(data, "success", None)[2] for data in rb.column("jpg").to_pylist()]
-            views = np.stack([np.frombuffer(v, np.uint8).reshape(s, s, 3) for v in views])
-            began = time.perf_counter()
-            scorer.score(views)
-            scoring += time.perf_counter() - began
-            rows += len(views)
-        if rows >= n:
-            break
+    res = bare_loop(Path(input_dir), Path(model_dir), BATCH, max_rows=n)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"ms_per_row": scoring / rows * 1000, "rows": rows, "peak_rss_mb": peak_mb}))
+    print(
+        json.dumps(
+            {"ms_per_row": res["score_s"] / res["rows"] * 1000, "rows": res["rows"], "peak_rss_mb": peak_mb}
+        )
+    )
 
 
 def rewriter_child(mode: str) -> None:

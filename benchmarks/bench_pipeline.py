@@ -104,8 +104,9 @@ def run_pipeline(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:
     return {"wall": wall, "stream": summary["images_per_s"]}
 
 
-def bare_loop(input_dir: Path, model_dir: Path, batch: int) -> dict:
-    """The limit: decode and score in one process, no Ray, torch on every core."""
+def bare_loop(input_dir: Path, model_dir: Path, batch: int, max_rows: int | None = None) -> dict:
+    """The limit: decode and score in one process, no Ray, torch on every core (whole input files, until
+    ``max_rows`` if given); ``score_s`` is the time in ``PatchScorer.score`` alone."""
     began = time.perf_counter()
     import numpy as np
     import pyarrow.parquet as pq
@@ -120,7 +121,7 @@ def bare_loop(input_dir: Path, model_dir: Path, batch: int) -> dict:
     decoder = Decoder(vision)
     s = vision.image_size
     loaded = time.perf_counter()
-    rows = 0
+    rows, score_s = 0, 0.0
     for path in sorted(Path(input_dir).glob("*.parquet")):
         for rb in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=["key", "jpg"]):
             views = []
@@ -128,13 +129,18 @@ def bare_loop(input_dir: Path, model_dir: Path, batch: int) -> dict:
                 status, _, pixels = decoder.decode_one(data, "success", None)
                 assert status == "ok", status
                 views.append(np.frombuffer(pixels, np.uint8).reshape(s, s, 3))
+            scoring = time.perf_counter()
             maps, _ = scorer.score(np.stack(views))
+            score_s += time.perf_counter() - scoring
             [top_k_indices(m, scorer.k) for m in maps]
             rows += len(views)
+        if max_rows is not None and rows >= max_rows:
+            break
     done = time.perf_counter()
     return {
         "load_s": loaded - began,
         "loop_s": done - loaded,
+        "score_s": score_s,
         "rows": rows,
         "threads": __import__("torch").get_num_threads(),
     }

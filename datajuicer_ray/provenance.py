@@ -2,7 +2,8 @@
 
 The fingerprint covers everything that changes what a row becomes: the config (less the keys declared
 ``NOT_FINGERPRINTED``: resource knobs, slicing, see ``config.fingerprint``), the package version, the
-models' resolved revisions, the prompt and the guard. A resume after an upgrade of any of them is refused instead of silently mixing outputs.
+models' resolved revisions, the prompt and the guard. A resume after an upgrade of any of them is refused
+instead of silently mixing outputs.
 """
 
 from __future__ import annotations

@@ -67,16 +67,18 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
+def _has_exited(pid: int) -> bool:
+    """Whether ``pid`` has exited; a zombie has (Ray's own handle on it reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def _wait_exited(pid: int, timeout_s: float) -> None:
-    """Until ``pid`` has exited (a zombie counts: Ray's own handle on it reaps it), at most ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
-        except (FileNotFoundError, ProcessLookupError):
-            return
+    while not _has_exited(pid) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 

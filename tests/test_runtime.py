@@ -22,11 +22,7 @@ from datajuicer_ray import runtime
 from datajuicer_ray.config import RayConfig
 
 def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
+    return not runtime._has_exited(pid)
 
 def stop_and_watch(monitors):
     seen = {}
