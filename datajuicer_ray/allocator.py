@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # mallopt(3) parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 # Requests up to this size come from the heap, and this much free memory at its top is kept.
 KEEP_BYTES = 1 << 30
 
@@ -36,8 +37,12 @@ _kept = False
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's trim and mmap thresholds to ``KEEP_BYTES`` for this process (once). False where the C
-    library has no ``mallopt`` (macOS, musl): those allocators are left as they are."""
+    """Set glibc's trim and mmap thresholds to ``KEEP_BYTES`` for this process (once), and put the threads
+    it starts from now on on the main heap (one arena: the CPU scorer's row-shard threads). False where the
+    C library has no ``mallopt`` (macOS, musl): those allocators are left as they are.
+
+    The arena limit holds only for threads that have no arena yet, which is why a Ray actor, whose batch
+    thread exists before its ``__init__``, gets ``CPU_ACTOR_ENV`` when its process starts."""
     global _kept
     if _kept:
         return True
@@ -49,6 +54,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _kept = bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    mallopt(M_ARENA_MAX, 1)  # best effort: the thresholds are what keeps the heap
     if not _kept:
         log.debug("mallopt refused the thresholds: glibc's defaults stay")
     return _kept

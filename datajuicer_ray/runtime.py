@@ -18,8 +18,8 @@ from datajuicer_ray.config import ActorPoolConfig, RayConfig
 
 log = logging.getLogger(__name__)
 
-# Whether init_ray started a Ray of its own here, which ends with this process (see shutdown_ray).
-_started_local = False
+# The GCS address of the Ray that init_ray started here, which ends with this process (see shutdown_ray).
+_started_local: str | None = None
 
 
 def init_ray(cfg: RayConfig) -> str:
@@ -33,13 +33,16 @@ def init_ray(cfg: RayConfig) -> str:
         # Under `ray job submit` the driver runs on the head node and RAY_ADDRESS points at it.
         ray.init(address=address, **kwargs)
         mode = "cluster"
-        _started_local = False  # a cluster's processes are never ours to stop
+        _started_local = None  # a cluster's processes are never ours to stop
     else:
         if cfg.num_cpus:
             kwargs["num_cpus"] = cfg.num_cpus
-        ray.init(include_dashboard=False, **kwargs)
+        # The processes of a Ray started here inherit the environment, so its CPU actors get their one
+        # malloc arena without a runtime_env of their own (see actor_pool_kwargs).
+        with _environment(CPU_ACTOR_ENV):
+            ray.init(include_dashboard=False, **kwargs)
         mode = "local"
-        _started_local = True
+        _started_local = ray.get_runtime_context().gcs_address
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     # One bad row must never drop a block: our stages catch row errors themselves, so any error that
@@ -47,6 +50,27 @@ def init_ray(cfg: RayConfig) -> str:
     ctx.max_errored_blocks = 0
     log.info("ray: %s (%s)", mode, ray.cluster_resources())
     return mode
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment while the block runs (a value the user set is kept)."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _local_ray_is_ours() -> bool:
+    """Whether the Ray this process is connected to is the one init_ray started here."""
+    return (
+        _started_local is not None
+        and ray.is_initialized()
+        and ray.get_runtime_context().gcs_address == _started_local
+    )
 
 
 def shutdown_ray() -> None:
@@ -58,12 +82,12 @@ def shutdown_ray() -> None:
     process has nothing to save, so it is killed first; the rest stop as Ray stops them.
     """
     global _started_local
-    if _started_local and ray.is_initialized():
+    if _local_ray_is_ours():
         for pid in _monitor_pids():
             with contextlib.suppress(ProcessLookupError):  # it may have gone by itself
                 os.kill(pid, signal.SIGKILL)
             _wait_exited(pid, timeout_s=1.0)
-    _started_local = False
+    _started_local = None
     ray.shutdown()
 
 
@@ -93,7 +117,11 @@ def actor_pool_kwargs(
     what the stage asked for: Ray Data fuses neighbouring operators whose remote args match.
 
     A pool without GPUs runs its model on the CPU, on a thread of the actor: its processes get
-    ``allocator.CPU_ACTOR_ENV`` (one malloc arena), so each batch reuses the memory the last one freed.
+    ``allocator.CPU_ACTOR_ENV`` (one malloc arena), so each batch reuses the memory the last one freed. A
+    Ray that init_ray started here already gave it to every worker (they inherit it): there the pool asks
+    for no runtime_env, because an actor with one of its own gets a worker started for it, through Ray's
+    setup_worker (two Python starts), instead of one of the idle workers Ray prestarts. That put the
+    scorer's ``__init__`` 0.5-1 s later on 2 cores, on every local job's critical path (docs/benchmarks.md).
     """
     kwargs: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
@@ -102,7 +130,7 @@ def actor_pool_kwargs(
     }
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
-    if not num_gpus:
+    if not num_gpus and not _local_ray_is_ours():
         kwargs["runtime_env"] = {"env_vars": dict(CPU_ACTOR_ENV)}
     if resources:
         kwargs["resources"] = dict(resources)

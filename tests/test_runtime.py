@@ -80,3 +80,35 @@ def test_a_cluster_driver_leaves_the_cluster_monitor_running():
     assert got["monitors"] == 1
     assert got["monitor_alive_when_ray_stops"] is True
     assert got["alive_after"] != []  # the driver left; the cluster (and its autoscaler) stays up
+
+
+def test_a_local_ray_gives_its_cpu_actors_one_arena_without_a_runtime_env():
+    """Ray's own workers inherit the environment of the Ray started here: a CPU actor pool needs no
+    runtime_env there (an actor with one gets a worker started for it instead of an idle prestarted one),
+    and the driver's own environment is left as it was. Joining a cluster still asks for the runtime_env."""
+    got = run(
+        """
+        from datajuicer_ray.allocator import CPU_ACTOR_ENV
+        from datajuicer_ray.config import VisionConfig
+        from ray.cluster_utils import Cluster
+        name = next(iter(CPU_ACTOR_ENV))
+        os.environ.pop(name, None)  # as a user who never set it
+        before = os.environ.get(name)
+        runtime.init_ray(RayConfig(num_cpus=1))
+        kwargs = runtime.actor_pool_kwargs(VisionConfig(), num_gpus=0)
+        worker_env = ray.get(ray.remote(lambda: os.environ.get(name)).remote())
+        after = os.environ.get(name)
+        runtime.shutdown_ray()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        runtime.init_ray(RayConfig(address=cluster.address))
+        joined = runtime.actor_pool_kwargs(VisionConfig(), num_gpus=0)
+        ray.shutdown()
+        cluster.shutdown()
+        print(json.dumps({"local": "runtime_env" in kwargs, "worker": worker_env, "want": CPU_ACTOR_ENV[name],
+                          "before": before, "after": after, "joined": joined.get("runtime_env")}))
+        """
+    )
+    assert got["local"] is False
+    assert got["worker"] == got["want"]
+    assert got["after"] == got["before"] is None
+    assert got["joined"] == {"env_vars": {"MALLOC_ARENA_MAX": got["want"]}}

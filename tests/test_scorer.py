@@ -60,14 +60,30 @@ def test_dinov2_14_scores_are_resampled_onto_the_16_grid():
     scorer = PatchScorer(VisionConfig(model="tiny-random", device="cpu", patch_size=16))
     assert scorer.scorer.patch_size == 14 and scorer.grid == 14
     v = views(2)
-    pixels = scorer._pixels(v, scorer.scorer, 224)
-    scorer._forward(scorer.scorer, pixels, 224)
-    raw = scorer.probe.cls_attention()[:, 1:].reshape(2, 16, 16).double().numpy()
+    raw, _ = scorer._model_outputs(v)  # on the model's own grid
+    assert raw.shape == (2, 16, 16)
     maps, _ = scorer.score(v)
     assert maps.shape == (2, 14, 14)
     np.testing.assert_allclose(maps, resample_scores(raw, 14), atol=1e-12)
     # area resampling keeps the mean attention per unit area
     np.testing.assert_allclose(maps.mean(axis=(1, 2)), raw.mean(axis=(1, 2)), rtol=1e-9)
+
+
+def test_a_cpu_batch_scored_in_row_shards_matches_one_forward():
+    """On a CPU each thread runs its own rows through the model; every shard's probe reads its own rows'
+    [CLS] attention, and the shards come back in row order (maps and class probabilities)."""
+    scorer = PatchScorer(VisionConfig(model="tiny-random", device="cpu", num_cpus=2))
+    assert scorer.cpu_threads == 2 and scorer.scorer.has_head
+    v = views(5)
+    whole_maps, whole_probs = scorer._on_threads(v, 2)  # one forward over all rows
+    whole_maps = resample_scores(whole_maps, scorer.grid)
+    for _ in range(3):  # shards run at the same time: a probe shared between threads would mix rows
+        maps, probs = scorer.score(v)
+        np.testing.assert_allclose(maps, whole_maps, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(probs, whole_probs, rtol=1e-5, atol=1e-7)
+        for m, w in zip(maps, whole_maps):
+            assert top_k_indices(m, scorer.k).tolist() == top_k_indices(w, scorer.k).tolist()
+    assert len({round(float(m.max()), 9) for m in maps}) == 5  # five different rows, not one row repeated
 
 
 def confident_model(tmp_path, label_id: int) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import numpy as np
@@ -40,23 +42,25 @@ class ClsAttentionProbe:
 
     def __init__(self, attention: torch.nn.Module):
         self.attention = attention
-        self.hidden: torch.Tensor | None = None
+        # Per thread: a CPU scorer runs row shards of a batch through the model on threads of their own.
+        self.seen = threading.local()
         attention.register_forward_pre_hook(self._keep_input, with_kwargs=True)
 
     def _keep_input(self, module, args, kwargs):
-        self.hidden = args[0] if args else kwargs["hidden_states"]
+        self.seen.hidden = args[0] if args else kwargs["hidden_states"]
 
     @torch.inference_mode()
     def cls_attention(self) -> torch.Tensor:
         """[B, tokens]: attention of [CLS] to every token (prefix tokens included), mean over heads."""
-        assert self.hidden is not None, "run the model forward first"
-        m, h = self.attention, self.hidden
+        h = getattr(self.seen, "hidden", None)
+        assert h is not None, "run the model forward first"
+        m = self.attention
         b, n, _ = h.shape
         heads, dim = m.num_attention_heads, m.head_dim
         q = m.q_proj(h[:, :1]).view(b, 1, heads, dim).transpose(1, 2)
         k = m.k_proj(h).view(b, n, heads, dim).transpose(1, 2)
         logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * m.scaling
-        self.hidden = None
+        self.seen.hidden = None
         return logits.softmax(dim=-1).mean(dim=1)[:, 0]
 
 
@@ -103,9 +107,12 @@ class PatchScorer:
             min(self.geometry.cells, self.geometry.keep(vision.max_keep_ratio)),
         )
         self.cpu_threads = cpu_threads(vision) if self.device == "cpu" else 0
+        self.shard_pool: ThreadPoolExecutor | None = None
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
             keep_freed_memory()  # each batch reuses the last one's activations (allocator.py)
+        if self.cpu_threads > 1:
+            self.shard_pool = ThreadPoolExecutor(self.cpu_threads - 1, thread_name_prefix="row-shard")
         self.scorer = load_model(vision.model, vision.revision, self.device)
         self.probe = ClsAttentionProbe(last_attention(self.scorer.model))
         self.classifier: LoadedModel | None = None
@@ -151,21 +158,7 @@ class PatchScorer:
         self, views: np.ndarray, captions: list[str | None] | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 views [B, S, S, 3] -> score maps on the target grid [B, G, G] and class probs [B, C]."""
-        if self.cpu_threads:
-            # Again here: the thread count is per OpenMP thread, and Ray Data calls the stage from another
-            # thread than the one that ran __init__.
-            torch.set_num_threads(self.cpu_threads)
-        out = self._forward(self.scorer, self._pixels(views, self.scorer, self.scorer_size), self.scorer_size)
-        attn = self.probe.cls_attention()[:, self.scorer.num_prefix_tokens :]
-        side = int(round(attn.shape[1] ** 0.5))
-        maps = attn.reshape(-1, side, side).double().cpu().numpy()
-        probs = None
-        if self.scorer.has_head:
-            probs = out.logits.float().softmax(-1).cpu().numpy()
-        elif self.classifier is not None:
-            size = int(self.classifier.model.config.image_size)
-            logits = self._forward(self.classifier, self._pixels(views, self.classifier, size), size).logits
-            probs = logits.float().softmax(-1).cpu().numpy()
+        maps, probs = self._model_outputs(views)
         maps = resample_scores(maps, self.grid)
         if self.guide is not None:
             from datajuicer_ray.vision.text_guided import blend
@@ -178,6 +171,41 @@ class PatchScorer:
                     for m, s in zip(maps, sims)
                 ]
             )
+        return maps, probs
+
+    def _model_outputs(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """[CLS] attention maps on the model's own grid and class probs. On a CPU the rows are split into
+        one shard per thread, each run through the model on a single thread: a thread that the OS
+        preempts (Ray's processes, the driver, writes) then delays only its own shard, where one forward
+        on all threads waits for the slowest thread at every operator (docs/benchmarks.md)."""
+        shards = min(self.cpu_threads, len(views))
+        if shards <= 1:
+            return self._on_threads(views, max(1, self.cpu_threads))
+        parts = np.array_split(views, shards)
+        threads = self.cpu_threads // shards
+        assert self.shard_pool is not None
+        rest = [self.shard_pool.submit(self._on_threads, part, threads) for part in parts[1:]]
+        results = [self._on_threads(parts[0], threads)] + [f.result() for f in rest]
+        maps = np.concatenate([m for m, _ in results])
+        probs = None if results[0][1] is None else np.concatenate([p for _, p in results])
+        return maps, probs
+
+    def _on_threads(self, views: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.cpu_threads:
+            # Per calling thread: OpenMP keeps the count per thread, and Ray Data calls the stage from
+            # another thread than the one that ran __init__.
+            torch.set_num_threads(threads)
+        out = self._forward(self.scorer, self._pixels(views, self.scorer, self.scorer_size), self.scorer_size)
+        attn = self.probe.cls_attention()[:, self.scorer.num_prefix_tokens :]
+        side = int(round(attn.shape[1] ** 0.5))
+        maps = attn.reshape(-1, side, side).double().cpu().numpy()
+        probs = None
+        if self.scorer.has_head:
+            probs = out.logits.float().softmax(-1).cpu().numpy()
+        elif self.classifier is not None:
+            size = int(self.classifier.model.config.image_size)
+            logits = self._forward(self.classifier, self._pixels(views, self.classifier, size), size).logits
+            probs = logits.float().softmax(-1).cpu().numpy()
         return maps, probs
 
     def objects(self, probs: np.ndarray) -> list[list[dict]]:
