@@ -142,7 +142,7 @@ def bare_loop(input_dir: Path, model_dir: Path, batch: int, max_rows: int | None
         "loop_s": done - loaded,
         "score_s": score_s,
         "rows": rows,
-        "threads": __import__("torch").get_num_threads(),
+        "threads": scorer.cpu_threads,
     }
 
 

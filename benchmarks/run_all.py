@@ -30,6 +30,7 @@ BENCHMARKS = [
     ("guard", "benchmarks.bench_guard"),
     ("precision", "benchmarks.bench_precision"),
     ("allocator", "benchmarks.bench_allocator"),
+    ("row_shards", "benchmarks.bench_row_shards"),
     ("decode", "benchmarks.bench_decode"),
     ("pipeline", "benchmarks.bench_pipeline"),
     ("memory", "benchmarks.bench_memory"),

@@ -186,6 +186,7 @@ class PatchScorer:
         assert self.shard_pool is not None
         rest = [self.shard_pool.submit(self._on_threads, part, threads) for part in parts[1:]]
         results = [self._on_threads(parts[0], threads)] + [f.result() for f in rest]
+        torch.set_num_threads(self.cpu_threads)  # this thread's again, for what follows (the text guide)
         maps = np.concatenate([m for m, _ in results])
         probs = None if results[0][1] is None else np.concatenate([p for _, p in results])
         return maps, probs
