@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import nullcontext
 
 import numpy as np
@@ -185,13 +185,18 @@ class PatchScorer:
         threads = self.cpu_threads // shards
         assert self.shard_pool is not None
         rest = [self.shard_pool.submit(self._on_threads, part, threads) for part in parts[1:]]
-        results = [self._on_threads(parts[0], threads)] + [f.result() for f in rest]
+        try:
+            first = self._on_threads(parts[0], threads)
+        finally:
+            wait(rest)  # no shard outlives its batch, also when one fails (the batch is then halved)
+        results = [first] + [f.result() for f in rest]
         torch.set_num_threads(self.cpu_threads)  # this thread's again, for what follows (the text guide)
         maps = np.concatenate([m for m, _ in results])
         probs = None if results[0][1] is None else np.concatenate([p for _, p in results])
         return maps, probs
 
     def _on_threads(self, views: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The models' outputs for ``views``, computed on this thread with ``threads`` OpenMP threads."""
         if self.cpu_threads:
             # Per calling thread: OpenMP keeps the count per thread, and Ray Data calls the stage from
             # another thread than the one that ran __init__.
