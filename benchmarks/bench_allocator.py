@@ -22,26 +22,17 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import alternate, main_for, median, photo_parquet, row, spread, vit_s16_dir
-
-BATCH = 32
+from benchmarks.bench_pipeline import BATCH, scoring_in_child
+from benchmarks.common import alternate, main_for, median, row, spread
 
 
 def child(mode: str, input_dir: str, model_dir: str, n: int) -> None:
-    import resource
-
     import datajuicer_ray.vision.scorer as scorer_module
-    from benchmarks.bench_pipeline import bare_loop
+    from benchmarks.bench_pipeline import scoring_child
 
     if mode == "defaults":
         scorer_module.keep_freed_memory = lambda: False
-    res = bare_loop(Path(input_dir), Path(model_dir), BATCH, max_rows=n)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {"ms_per_row": res["score_s"] / res["rows"] * 1000, "rows": res["rows"], "peak_rss_mb": peak_mb}
-        )
-    )
+    scoring_child(input_dir, model_dir, n)
 
 
 def rewriter_child(mode: str) -> None:
@@ -86,21 +77,11 @@ def measure_rewriter(reps: int) -> list[dict]:
 
 
 def measure(n: int, reps: int) -> list[dict]:
-    input_dir, model_dir = photo_parquet(1000, files=20), vit_s16_dir()
     results: dict[str, list[dict]] = {"kept": [], "defaults": []}
 
     def side(mode: str):
         def go() -> float:
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--child",
-                mode,
-                str(input_dir),
-                str(model_dir),
-            ]
-            out = subprocess.run([*cmd, str(n)], capture_output=True, text=True, check=True)
-            res = json.loads(out.stdout.strip().splitlines()[-1])
+            res = scoring_in_child(str(Path(__file__).resolve()), mode, n)
             results[mode].append(res)
             return res["ms_per_row"]
 

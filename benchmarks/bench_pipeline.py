@@ -146,6 +146,28 @@ def bare_loop(input_dir: Path, model_dir: Path, batch: int, max_rows: int | None
     }
 
 
+def scoring_child(input_dir: str, model_dir: str, n: int) -> None:
+    """The child of :func:`scoring_in_child`: the bare loop over ``n`` rows, its scoring rate as JSON."""
+    import resource
+
+    res = bare_loop(Path(input_dir), Path(model_dir), BATCH, max_rows=n)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ms = res["score_s"] / res["rows"] * 1000
+    print(
+        json.dumps({"ms_per_row": ms, "rows": res["rows"], "threads": res["threads"], "peak_rss_mb": peak_mb})
+    )
+
+
+def scoring_in_child(script: str, mode: str, n: int) -> dict:
+    """A fresh process runs ``script --child MODE INPUT MODEL N``: a benchmark that changes one thing about
+    the scorer for MODE, then calls :func:`scoring_child` (1,000 web photos in 20 files, ViT-S/16)."""
+    inputs = [str(photo_parquet(1000, files=20)), str(vit_s16_dir()), str(n)]
+    out = subprocess.run(
+        [sys.executable, script, "--child", mode, *inputs], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_bare(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:
     cmd = [
         sys.executable,

@@ -17,7 +17,6 @@ job's own processes, about what they take in a `curate` run's steady state).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -27,20 +26,19 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import alternate, main_for, median, photo_parquet, row, spread, vit_s16_dir
+from benchmarks.bench_pipeline import BATCH, scoring_in_child
+from benchmarks.common import alternate, main_for, median, row, spread
 
-BATCH = 32
 BUSY_MS, IDLE_MS = 3, 25  # ~11% of one core, in bursts
 
 
 def child(mode: str, input_dir: str, model_dir: str, n: int) -> None:
-    from benchmarks.bench_pipeline import bare_loop
+    from benchmarks.bench_pipeline import scoring_child
     from datajuicer_ray.vision.scorer import PatchScorer
 
     if mode == "one forward":
         PatchScorer._model_outputs = lambda self, views: self._on_threads(views, self.cpu_threads)
-    res = bare_loop(Path(input_dir), Path(model_dir), BATCH, max_rows=n)
-    print(json.dumps({"ms_per_row": res["score_s"] / res["rows"] * 1000, "threads": res["threads"]}))
+    scoring_child(input_dir, model_dir, n)
 
 
 def background_load() -> None:
@@ -66,17 +64,12 @@ def loaded(on: bool):
 
 
 def measure(n: int, reps: int, load: bool) -> dict:
-    input_dir, model_dir = photo_parquet(1000, files=20), vit_s16_dir()
     threads: list[int] = []
 
     def side(mode: str):
         def go() -> float:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, str(input_dir)]
             with loaded(load):
-                out = subprocess.run(
-                    [*cmd, str(model_dir), str(n)], capture_output=True, text=True, check=True
-                )
-            res = json.loads(out.stdout.strip().splitlines()[-1])
+                res = scoring_in_child(str(Path(__file__).resolve()), mode, n)
             threads.append(res["threads"])
             return res["ms_per_row"]
 
