@@ -21,7 +21,7 @@ dry-run: install
 	$(BIN)/datajuicer-ray curate conf/dry_run.yaml
 
 test: install
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests
+	RAY_AUTH_MODE=disabled PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -q tests
 
 lint: install
 	$(BIN)/ruff format --check datajuicer_ray tests benchmarks jobs
