@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_pipeline import BATCH, scoring_in_child
+from benchmarks.bench_pipeline import BATCH, scoring_rounds
 from benchmarks.common import alternate, main_for, median, row, spread
 
 
@@ -77,17 +77,8 @@ def measure_rewriter(reps: int) -> list[dict]:
 
 
 def measure(n: int, reps: int) -> list[dict]:
-    results: dict[str, list[dict]] = {"kept": [], "defaults": []}
-
-    def side(mode: str):
-        def go() -> float:
-            res = scoring_in_child(str(Path(__file__).resolve()), mode, n)
-            results[mode].append(res)
-            return res["ms_per_row"]
-
-        return go
-
-    ms = alternate({"kept": side("kept"), "defaults": side("defaults")}, reps)
+    results = scoring_rounds(str(Path(__file__).resolve()), ("kept", "defaults"), n, reps)
+    ms = {mode: [r["ms_per_row"] for r in res] for mode, res in results.items()}
     speedup = median([d / k for k, d in zip(ms["kept"], ms["defaults"])])
     rss = {m: spread([r["peak_rss_mb"] for r in results[m]], " MB", 0) for m in results}
     rows = results["kept"][0]["rows"]

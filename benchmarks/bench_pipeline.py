@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -166,6 +168,30 @@ def scoring_in_child(script: str, mode: str, n: int) -> dict:
         [sys.executable, script, "--child", mode, *inputs], capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scoring_rounds(
+    script: str,
+    modes: tuple[str, ...],
+    n: int,
+    reps: int,
+    around: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict[str, list[dict]]:
+    """``reps`` alternated rounds of :func:`scoring_in_child`, one child per mode each round, each inside
+    ``around()`` (a background load, say); every mode's results in the order they ran."""
+    results: dict[str, list[dict]] = {mode: [] for mode in modes}
+
+    def side(mode: str) -> Callable[[], float]:
+        def go() -> float:
+            with around():
+                res = scoring_in_child(script, mode, n)
+            results[mode].append(res)
+            return res["ms_per_row"]
+
+        return go
+
+    alternate({mode: side(mode) for mode in modes}, reps)
+    return results
 
 
 def run_bare(input_dir: Path, model_dir: Path, batch: int, n: int) -> dict:

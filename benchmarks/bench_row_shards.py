@@ -26,8 +26,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_pipeline import BATCH, scoring_in_child
-from benchmarks.common import alternate, main_for, median, row, spread
+from benchmarks.bench_pipeline import BATCH, scoring_rounds
+from benchmarks.common import main_for, median, row, spread
 
 BUSY_MS, IDLE_MS = 3, 25  # ~11% of one core, in bursts
 
@@ -64,18 +64,10 @@ def loaded(on: bool):
 
 
 def measure(n: int, reps: int, load: bool) -> dict:
-    threads: list[int] = []
-
-    def side(mode: str):
-        def go() -> float:
-            with loaded(load):
-                res = scoring_in_child(str(Path(__file__).resolve()), mode, n)
-            threads.append(res["threads"])
-            return res["ms_per_row"]
-
-        return go
-
-    ms = alternate({"row shards": side("row shards"), "one forward": side("one forward")}, reps)
+    modes = ("row shards", "one forward")
+    results = scoring_rounds(str(Path(__file__).resolve()), modes, n, reps, around=lambda: loaded(load))
+    ms = {mode: [r["ms_per_row"] for r in res] for mode, res in results.items()}
+    threads = [r["threads"] for res in results.values() for r in res]
     speedup = median([o / s for s, o in zip(ms["row shards"], ms["one forward"])])
     where = f"beside a process busy {BUSY_MS}ms of every {BUSY_MS + IDLE_MS}ms" if load else "quiet"
     return row(
