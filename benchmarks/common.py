@@ -42,9 +42,9 @@ def vit_s16_dir() -> Path:
     """A ViT-S/16 (DINO v1 layout: ViTModel, no pooler) with seeded random weights, saved once; loaded
     back through ``vision.model=<dir>``, the same from_pretrained path real weights take."""
     import torch
-    from transformers import BitImageProcessor, ViTConfig, ViTModel
+    from transformers import ViTConfig, ViTModel
 
-    from datajuicer_ray.vision.models import IMAGENET_MEAN, IMAGENET_STD
+    from datajuicer_ray.vision.normalization import save_image_processor
 
     target = bench_dir() / f"vit-s16-random-seed{SEED}"
     if (target / "config.json").exists():
@@ -55,9 +55,7 @@ def vit_s16_dir() -> Path:
     model = ViTModel(cfg, add_pooling_layer=False)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
-    BitImageProcessor(
-        do_resize=False, do_center_crop=False, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
-    ).save_pretrained(tmp)
+    save_image_processor(tmp)
     tmp.rename(target)
     return target
 

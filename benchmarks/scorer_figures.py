@@ -3,17 +3,54 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from benchmarks.bench_scorers import Scored
+from datajuicer_ray.vision.geometry import keep_count, top_k_indices
 
 FIXED = (0.25, 0.5, 0.75)  # the fixed keep ratios shown beside mass retention
-SIZE, GRID = 224, 14  # the canonical view and the contract's grid (CONTRACT.md, "Geometry")
+SIZE, GRID = 224, 14  # the canonical view and the contract's grid (docs/contract.md, "Geometry")
+
+
+@dataclass
+class Scored:
+    """One image under one scorer: its view, the stored map and what mass retention kept."""
+
+    name: str
+    view: np.ndarray  # uint8 [S, S, 3]
+    scores: np.ndarray  # float32 [G*G], the row's patch_scores
+    mass_index: np.ndarray  # the row's patch_index under vision.retention=mass
+    attention: np.ndarray  # [CLS] -> patch attention on the scorer's own grid, sums to <= 1
+    prefix_share: float  # [CLS] attention on [CLS] itself and any register tokens
+    norms: np.ndarray  # last-layer output norms of the patch tokens (before the final LayerNorm)
+
+    def fixed_index(self, ratio: float) -> np.ndarray:
+        return top_k_indices(self.scores, keep_count(ratio, GRID))
+
+    def mass_of(self, index: np.ndarray) -> float:
+        return float(self.scores[index].sum() / self.scores.sum())
+
+    def top_share(self, n: int = 3) -> float:
+        """Share of the patch attention held by its ``n`` strongest tokens."""
+        return float(np.sort(self.attention)[::-1][:n].sum() / self.attention.sum())
+
+    def norm_ratio(self) -> float:
+        """Largest patch-token norm over the median one: Darcet et al.'s artifact tokens stand out here."""
+        return float(self.norms.max() / np.median(self.norms))
+
+    def top_on_border(self, n: int = 3) -> int:
+        """How many of the ``n`` most attended tokens lie on the grid's outer ring (23% of a 16 x 16 grid)."""
+        g = int(round(len(self.attention) ** 0.5))
+        rows, cols = np.divmod(np.argsort(-self.attention)[:n], g)
+        return int(((rows == 0) | (rows == g - 1) | (cols == 0) | (cols == g - 1)).sum())
+
+    def top_norm_percentile(self, n: int = 3) -> float:
+        """Where the ``n`` most attended tokens rank among all patch norms (100 = the largest norms)."""
+        ranks = self.norms.argsort().argsort() / (len(self.norms) - 1) * 100
+        return float(ranks[np.argsort(-self.attention)[:n]].mean())
 
 
 def _tile(s: Scored, index: np.ndarray, side: int) -> Image.Image:

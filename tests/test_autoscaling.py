@@ -20,14 +20,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from autoscaling import (
+
+from tests.support.autoscaling import (
     MB,
     SCORER_NODE_TYPE,
     FakeAutoscalingCluster,
     NodeWatch,
 )
-from drills import drill_corpus, drill_overrides, run_in_thread
-from tables import committed_inputs, read_keys
+from tests.support.drills import drill_corpus, drill_overrides, run_in_thread
+from tests.support.tables import committed_inputs, read_keys
 
 pytestmark = [
     pytest.mark.slow,  # `make test` (CI) runs slow tests too

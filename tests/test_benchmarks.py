@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import bench_attention, bench_gpu, run_all  # noqa: E402
-from benchmarks.common import COLUMNS, markdown  # noqa: E402
+from benchmarks import bench_attention, bench_gpu, run_all
+from benchmarks.common import COLUMNS, markdown
 
 
 @pytest.fixture(autouse=True)

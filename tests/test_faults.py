@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from drills import curate_argv, drill_corpus, drill_overrides, run_in_thread
-from tables import committed_inputs, read_keys
+
+from tests.support.drills import curate_argv, drill_corpus, drill_overrides, run_in_thread
+from tests.support.tables import committed_inputs, read_keys
 
 FILES, ROWS = 10, 12
 DELAY_S = "0.6"  # per scorer batch: slow enough to be killed mid-run, fast enough for CI

@@ -186,10 +186,6 @@ def test_device_view_is_pillows_canonical_view(w, h):
 def test_kept_patches_agree_with_the_cpu_canonical_view():
     """Web-sized JPEGs (longer side 400-2,000 px) decoded both ways and scored by the tiny DINO: the kept
     patches must agree (IoU >= 0.97). Large ones differ most: the CPU decodes them in the DCT domain."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.bench_decode import corpus, iou, kept
     from datajuicer_ray.vision.scorer import PatchScorer
 

@@ -8,8 +8,6 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from inputs import img2dataset_parquet, webdataset_tar
-from tables import latest_run, read_rows
 
 from datajuicer_ray.config import ConfigError, load_curate_config
 from datajuicer_ray.io.curated import data_files
@@ -18,6 +16,8 @@ from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.pipeline import RunConflict, curate
 from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import patch_content, top_k_indices
+from tests.support.inputs import img2dataset_parquet, webdataset_tar
+from tests.support.tables import latest_run, read_rows
 
 read_curated = read_rows
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from inputs import img2dataset_parquet, photo, webdataset_tar
 
 from datajuicer_ray.config import ColumnsConfig, InputConfig
 from datajuicer_ray.io.reader import (
@@ -20,6 +19,7 @@ from datajuicer_ray.io.reader import (
     read_file,
 )
 from datajuicer_ray.io.schema import ROW_COL
+from tests.support.inputs import img2dataset_parquet, photo, webdataset_tar
 
 
 def read_all(path, fmt="parquet", columns=None, rows_per_block=4) -> pa.Table:

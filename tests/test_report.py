@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from skimage import data as photos
-from tables import write_table
 
 from datajuicer_ray.io.curated import data_files
 from datajuicer_ray.report import groups, inspect, stats
@@ -25,6 +24,7 @@ from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.overlay import DIM, ImageUnreadable, decode_image, keep_mask, overlay, render_views
 from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import canonical_view
+from tests.support.tables import write_table
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins"]
 LABELS = ["tabby cat", "espresso", "space shuttle", "coin", "suit", "cup", "missile"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import browser
 import pytest
 
 from datajuicer_ray.report import inspect
+from tests.support import browser
 
 pytestmark = pytest.mark.browser
 

@@ -14,11 +14,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from drills import curate_process, drill_overrides
-from inputs import img2dataset_parquet
 
 from datajuicer_ray.io import curated
 from datajuicer_ray.io.table import OutputTable
+from tests.support.drills import curate_process, drill_overrides
+from tests.support.inputs import img2dataset_parquet
 
 BUCKET = "curated"
 FILES, ROWS = 6, 8

@@ -14,15 +14,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
-from drills import curate_process, drill_overrides
-from inputs import img2dataset_parquet
-from tables import committed_inputs, read_keys, read_rows
 
 from datajuicer_ray.config import ConfigError, load_curate_config
 from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.io.table import DataFile, InputCommit, OutputTable, input_app_id
 from datajuicer_ray.io.writer import data_file_name, delta_stats, to_output_table, write_data_file
 from datajuicer_ray.pipeline import curate
+from tests.support.drills import curate_process, drill_overrides
+from tests.support.inputs import img2dataset_parquet
+from tests.support.tables import committed_inputs, read_keys, read_rows
 
 FILES, ROWS = 12, 12
 

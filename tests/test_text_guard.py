@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from benchmarks import bench_guard
 from datajuicer_ray.text.guard import GUARD_VERSION, GuardSettings, clean, judge
 from datajuicer_ray.text.injection import split_instructions
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import bench_guard  # noqa: E402
 
 S = GuardSettings.for_words(60)
 DOG = "a dog n a frisbe at park!!"

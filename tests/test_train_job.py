@@ -12,10 +12,10 @@ import pytest
 import skimage.data
 from deltalake import DeltaTable
 from PIL import Image
-from tables import write_table
 
 from datajuicer_ray.config import ConfigError, load_train_config
 from datajuicer_ray.vision.geometry import top_k_indices
+from tests.support.tables import write_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "train" / "dry_run.yaml"
 PHOTOS = {

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from drills import curate_process, tiny_job
-from faultyfs import injected, register, set_budget
-from inputs import img2dataset_parquet
-from tables import read_keys, read_rows
 
 from datajuicer_ray.config import load_curate_config
 from datajuicer_ray.io.table import OutputTable
 from datajuicer_ray.io.writer import write_data_file
 from datajuicer_ray.pipeline import curate
+from tests.support.drills import curate_process, tiny_job
+from tests.support.faultyfs import injected, register, set_budget
+from tests.support.inputs import img2dataset_parquet
+from tests.support.tables import read_keys, read_rows
 
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def drills(tmp_path_factory):
     env = {
         "DATAJUICER_RAY_TEST_FAULTS": str(base / "faults"),
         "DATAJUICER_RAY_DRILL_DIR": str(base / "drill"),
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     (base / "drill").mkdir()
     set_budget(base / "faults", 0)
@@ -47,7 +47,7 @@ def drills(tmp_path_factory):
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={"worker_process_setup_hook": "faultyfs.register"},
+        runtime_env={"worker_process_setup_hook": "tests.support.faultyfs.register"},
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield base

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from inputs import img2dataset_parquet, photo, webdataset_tar
-from tables import write_table
 
 from datajuicer_ray import cli, preflight
 from datajuicer_ray.config import RewriteConfig, load_curate_config
 from datajuicer_ray.io.reader import InputFile, read_file
+from tests.support.inputs import img2dataset_parquet, photo, webdataset_tar
+from tests.support.tables import write_table
 
 REPO = Path(__file__).resolve().parent.parent
 

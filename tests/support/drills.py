@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from inputs import img2dataset_parquet
+from tests.support.inputs import img2dataset_parquet
 
 
 def drill_corpus(folder: Path, files: int, rows: int) -> set[str]:

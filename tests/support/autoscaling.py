@@ -3,7 +3,7 @@ processes on this machine, plus helpers that read a curated output folder.
 
 Why not ``ray.cluster_utils.AutoscalingCluster``: in the 2.60 wheel it reads a config file the wheel lacks, and
 its start/shutdown run ``ray stop --force``, which kills every Ray process of the user on the machine (other test
-runs included). See ../../shared/FIELD-NOTES.md, "Autoscaling and transient faults on one machine".
+runs included). Ray 2.60's fake provider needs the fixes below before it runs.
 
 Here the head is ``ray start --head`` with its own temp dir, its own ports and an autoscaling config we write;
 every process of the cluster (head services, the autoscaler, the worker nodes it launches, their workers) carries
