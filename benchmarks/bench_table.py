@@ -110,7 +110,7 @@ def run(quick: bool = False, files: int | None = None) -> list[dict]:
     import ray
 
     from datajuicer_ray.config import load_curate_config
-    from datajuicer_ray.io.table import OutputTable, input_app_id
+    from datajuicer_ray.io.table import Claim, OutputTable
     from datajuicer_ray.pipeline import curate
 
     n = files or (200 if quick else 2000)
@@ -152,7 +152,8 @@ def run(quick: bool = False, files: int | None = None) -> list[dict]:
         known = table.committed_sources()
         t_lookup = time.perf_counter() - t1
         t1 = time.perf_counter()
-        table.committed(input_app_id(gen, record["fingerprint"], u) for u in uris)
+        claim = Claim(gen, record["fingerprint"])
+        table.committed(claim.app_id(u) for u in uris)
         t_markers = time.perf_counter() - t1
         spent.update(s=0.0, files=0, commits=0)
         t0 = time.time()

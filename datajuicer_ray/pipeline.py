@@ -19,14 +19,16 @@ import ray
 
 from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, CurateConfig, load_curate_config
-from datajuicer_ray.io import curated, reader, schema, writer
+from datajuicer_ray.io import reader, schema, writer
+from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.sample import write_sample
-from datajuicer_ray.io.table import FingerprintConflict, OutputTable, TableConflict, input_app_id, new_run_id
+from datajuicer_ray.io.table import Claim, FingerprintConflict, OutputTable, TableConflict, new_run_id
+from datajuicer_ray.operators import Operator, check_columns
+from datajuicer_ray.plan import operators
 from datajuicer_ray.progress import Progress, console, print_summary
 from datajuicer_ray.provenance import config_difference, run_record
-from datajuicer_ray.runtime import actor_pool_kwargs, gpus_available_or_scalable, init_ray, shutdown_ray
-from datajuicer_ray.vision.stage import PatchScorerStage, decode_batch
+from datajuicer_ray.runtime import gpus_available_or_scalable, init_ray, shutdown_ray
 
 log = logging.getLogger("datajuicer_ray")
 say = console("curate")  # what the run tells its user, as "[curate] ..." on stdout
@@ -40,25 +42,11 @@ class TooManyFailures(RuntimeError):
     """Most recent rows failed for a system reason: the cluster, not the data, is broken."""
 
 
-READ_CPUS = 0.25
-WRITE_CPUS = 0.25
-
-
-def cpus_needed(cfg: CurateConfig) -> dict[str, float]:
-    """CPUs the pipeline holds at once: actor pools at their minimum size plus one task of each kind."""
-    need = {"read": READ_CPUS, "write": WRITE_CPUS}
-    if not cfg.rewrite.only:
-        need["vision.decode_num_cpus"] = cfg.vision.decode_num_cpus
-        need["vision.num_cpus x vision.min_actors"] = cfg.vision.num_cpus * cfg.vision.min_actors
-    if cfg.rewrite.enabled and cfg.rewrite.backend == "transformers":
-        need["rewrite.num_cpus x rewrite.min_actors"] = cfg.rewrite.num_cpus * cfg.rewrite.min_actors
-    return need
-
-
-def check_capacity(cfg: CurateConfig, mode: str) -> None:
-    """Fail (locally) or warn (on a cluster that may autoscale) when the actor pools would leave no CPU
-    for the read/decode/write tasks: Ray Data would otherwise wait forever without a word."""
-    need = cpus_needed(cfg)
+def check_capacity(ops: list[Operator], mode: str) -> None:
+    """Fail (locally) or warn (on a cluster that may autoscale) when what the operators hold at once (actor
+    pools at their minimum size, one task of each kind) exceeds the cluster's CPUs: Ray Data would
+    otherwise wait forever without a word."""
+    need = {op.holds.keys or op.name: op.holds.cpus for op in ops}
     have = ray.cluster_resources().get("CPU", 0.0)
     if sum(need.values()) <= have:
         return
@@ -83,90 +71,42 @@ def scorer_resources(cfg: CurateConfig) -> tuple[float, str]:
     return 0.0, "auto: no GPU in the cluster or its node types"
 
 
-def decode_on_device(cfg: CurateConfig, num_gpus: float) -> bool:
-    """vision.decode: gpu decodes in the scorer actor; auto does so when the actor gets a GPU."""
-    return cfg.vision.decode == "gpu" or (cfg.vision.decode == "auto" and num_gpus > 0)
-
-
-def build_dataset(
-    cfg: CurateConfig, files: list[InputFile], image_column: str | None, run_id: str, num_gpus: float
-) -> ray.data.Dataset:
-    """The lazy pipeline; nothing runs until the driver iterates it. ``num_gpus``: per scorer actor, as
-    :func:`scorer_resources` resolved it against the cluster."""
+def build_dataset(ops: list[Operator], files: list[InputFile]) -> ray.data.Dataset:
+    """The lazy pipeline of ``ops`` (:func:`datajuicer_ray.operators.operators`) over the input files;
+    nothing runs until the driver iterates it."""
     ds = ray.data.from_items(reader.file_items(files), override_num_blocks=max(1, len(files)))
-    ds = ds.map_batches(
-        reader.read_files,
-        fn_kwargs={"input_cfg": cfg.input, "image_column": image_column if cfg.rewrite.only else None},
-        batch_size=1,
-        batch_format="numpy",
-        # Reading is mostly waiting on storage; a small CPU request keeps read tasks schedulable next to
-        # actor pools that hold whole CPUs.
-        num_cpus=READ_CPUS,
-    )
-    on_device = decode_on_device(cfg, num_gpus)
-    if not cfg.rewrite.only and not on_device:
-        ds = ds.map_batches(
-            decode_batch,
-            fn_kwargs={"vision": cfg.vision},
-            batch_size=min(64, cfg.input.rows_per_block),
-            batch_format="pyarrow",
-            num_cpus=cfg.vision.decode_num_cpus,
-            # Besides reserving room for big images, a memory request differs from the scorer's remote
-            # args, which keeps Ray Data from fusing decoding into the scorer actors: decoding must fan out
-            # over CPU tasks while the (GPU) scorer only runs the model.
-            memory=cfg.vision.decode_memory_mb * 2**20 or None,
-        )
-    if not cfg.rewrite.only:
-        ds = ds.map_batches(
-            PatchScorerStage,
-            fn_constructor_kwargs={"vision": cfg.vision, "decode_on_device": on_device},
-            batch_format="pyarrow",
-            **actor_pool_kwargs(cfg.vision, num_gpus=num_gpus, resources=cfg.vision.resources),
-        )
-    if cfg.rewrite.enabled:
-        from datajuicer_ray.text.stage import add_rewrite_stage
-
-        ds = add_rewrite_stage(ds, cfg)
-    return ds.map_batches(
-        writer.write_data_files,
-        fn_kwargs={
-            "out_path": cfg.output.path,
-            "image_column": image_column,
-            "run_id": run_id,
-            "uris": {f.file_id: f.path for f in files},
-        },
-        batch_size=None,
-        batch_format="pyarrow",
-        num_cpus=WRITE_CPUS,
-    )
+    for op in ops:
+        ds = op.apply(ds)
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------
 # planning
 
 
-def plan_files(cfg: CurateConfig) -> list[InputFile]:
+def plan_files(cfg: CurateConfig, source: CuratedTable | None) -> list[InputFile]:
+    """The input files; with ``rewrite.only``, the committed data files of ``source``."""
     if cfg.input.format == "sample":  # built in the cache, then read as any img2dataset Parquet file
         path = write_sample(cfg.input.sample_rows)
         return reader.plan_inputs(dataclasses.replace(cfg.input, path=str(path), format="parquet"))
-    if cfg.rewrite.only:  # the curated table's committed data files are the inputs
-        uris = curated.data_files(cfg.input.path)
+    if source is not None:  # rewrite.only: the curated table's committed data files are the inputs
+        uris = source.data_files()
         if not uris:
             raise FileNotFoundError(f"input.path: no committed rows in a curated table at {cfg.input.path!r}")
         return [InputFile(u, reader.file_id_for(u), "curated") for u in uris]
     return reader.plan_inputs(cfg.input)
 
 
-def output_image_column(cfg: CurateConfig) -> str | None:
+def output_image_column(cfg: CurateConfig, source: CuratedTable | None) -> str | None:
     if not cfg.output.keep_image:
         return None
-    if cfg.rewrite.only:  # the column the curated input already uses
-        return curated.image_column(cfg.input.path)
+    if source is not None:  # rewrite.only: the column the curated input already uses
+        return source.image_column()
     return cfg.input.columns.image
 
 
-def claim_table(cfg: CurateConfig, table: OutputTable, record: dict, out_schema: pa.Schema) -> int:
-    """Create the table or check this run may write into it (before Ray starts); the generation."""
+def claim_table(cfg: CurateConfig, table: OutputTable, record: dict, out_schema: pa.Schema) -> Claim:
+    """Create the table or check this run may write into it (before Ray starts)."""
     try:
         return table.claim(record["fingerprint"], out_schema, overwrite=cfg.output.mode == "overwrite")
     except FingerprintConflict:
@@ -229,16 +169,18 @@ class FailureRate:
 
 def curate(cfg: CurateConfig) -> dict:
     """Run curation; returns the summary written to ``_summary.json``."""
-    preflight.check_curate(cfg)  # every problem knowable now, at once, before anything is written
+    # Each table is opened once; the preflight, the plan and the commits share its handle (and its log).
+    table = OutputTable(cfg.output.path)
+    source = CuratedTable(str(cfg.input.path)) if cfg.rewrite.only else None
+    preflight.check_curate(cfg, table, source)  # every problem knowable now, at once, before any write
     t0 = time.time()
     run_id = new_run_id()
-    table = OutputTable(cfg.output.path)
-    files = plan_files(cfg)
-    image_column = output_image_column(cfg)
+    files = plan_files(cfg, source)
+    image_column = output_image_column(cfg, source)
     out_schema = schema.output_schema(image_column)
-    record = run_record(cfg, run_id, files)  # loads model configs: a bad model id fails here
-    generation = claim_table(cfg, table, record, out_schema)
-    app_ids = {f.file_id: input_app_id(generation, record["fingerprint"], f.path) for f in files}
+    record = run_record(cfg, run_id, files, source)  # loads model configs: a bad model id fails here
+    claim = claim_table(cfg, table, record, out_schema)
+    app_ids = {f.file_id: claim.app_id(f.path) for f in files}
     # Asks the log, never the inputs: which inputs have rows (one read of its file statistics), then the
     # markers of the rest only (an input with no rows at all is committed by its marker alone).
     with_rows = table.committed_sources()
@@ -259,20 +201,18 @@ def curate(cfg: CurateConfig) -> dict:
     table.write_json(f"_runs/{run_id}.json", record)
 
     mode = init_ray(cfg.ray)
-    check_capacity(cfg, mode)
     num_gpus, why = scorer_resources(cfg)  # asks the cluster (and its autoscaler's config): once
+    ops = operators(cfg, pending, image_column, run_id, num_gpus, table.location)
+    check_columns(ops)
+    check_capacity(ops, mode)
     say.info(f"{len(pending)} input files, ray {mode}, scorer GPUs per actor: {num_gpus:g} ({why})")
     expected = reader.count_rows(pending)
-    committer = writer.Committer(
-        table, pending, expected, generation, record["fingerprint"], run_id, out_schema, replacing
-    )
+    committer = writer.Committer(table, pending, expected, claim, run_id, out_schema, replacing)
     progress = Progress(total_files=len(pending), expected_rows=sum(v for v in expected.values() if v > 0))
     failures = FailureRate(cfg.output.max_failure_rate, cfg.output.failure_window)
     t_stream = time.time()
     try:
-        for batch in build_dataset(cfg, pending, image_column, run_id, num_gpus).iter_batches(
-            batch_size=None, batch_format="pyarrow"
-        ):
+        for batch in build_dataset(ops, pending).iter_batches(batch_size=None, batch_format="pyarrow"):
             for meta in batch.to_pylist():
                 finished = committer.add(meta)
                 progress.update(len(meta["rows"]), finished)

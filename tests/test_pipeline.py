@@ -10,13 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from datajuicer_ray.config import ConfigError, load_curate_config
-from datajuicer_ray.io.curated import data_files
+from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.io.sample import sample_path
 from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.pipeline import RunConflict, curate
 from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import patch_content, top_k_indices
 from tests.support.inputs import img2dataset_parquet, webdataset_tar
+from tests.support.spy import count_delta_loads
 from tests.support.tables import latest_run, read_rows
 
 read_curated = read_rows
@@ -60,7 +61,7 @@ def test_dry_run_honours_the_contract(curated_dir):
     assert {r["source_file"] for r in rows} == {str(sample_path(25))}
     assert sorted(p.name for p in curated_dir.parent.iterdir()) == ["curated"]
     assert sorted(r["source_row"] for r in rows) == list(range(len(rows)))
-    schema = pq.read_schema(data_files(str(curated_dir))[0])
+    schema = pq.read_schema(CuratedTable(str(curated_dir)).data_files()[0])
     assert schema.remove_metadata().equals(output_schema("jpg"))
 
 
@@ -140,21 +141,7 @@ def test_a_model_that_cannot_load_fails_the_job_at_once(ray_local, tmp_path):
     assert read_rows(tmp_path / "b" / "out") == []  # nothing committed
 
 
-def test_too_few_cpus_for_the_actor_pools_fails_instead_of_stalling(ray_local, tmp_path):
-    from datajuicer_ray.pipeline import check_capacity
-
-    cfg = curate_cfg(
-        tmp_path, tmp_path, "parquet", "vision.num_cpus=3", "rewrite.enabled=true", "rewrite.num_cpus=1"
-    )
-    with pytest.raises(
-        ConfigError, match=r"ray.num_cpus: the pipeline holds 5.5 CPUs at once .* but Ray has 4"
-    ):
-        check_capacity(cfg, "local")
-    check_capacity(cfg, "cluster")  # an autoscaling cluster may still grow: a warning, not an error
-    check_capacity(curate_cfg(tmp_path, tmp_path), "local")
-
-
-def test_rewrite_only_reruns_the_text_branch_without_scoring(curated_dir, tmp_path):
+def test_rewrite_only_reruns_the_text_branch_without_scoring(curated_dir, tmp_path, monkeypatch):
     out = tmp_path / "rewritten"
     cfg = load_curate_config(
         None,
@@ -169,7 +156,10 @@ def test_rewrite_only_reruns_the_text_branch_without_scoring(curated_dir, tmp_pa
             "ray.progress=false",
         ],
     )
+    loads = count_delta_loads(monkeypatch)
     summary = curate(cfg)
+    # Each table's log is loaded once in the command: the preflight, the plan and the commits share it.
+    assert loads == {str(curated_dir): 1, str(out): 1}
     before = {r["key"]: r for r in read_curated(curated_dir)}
     after = {r["key"]: r for r in read_curated(out)}
     assert summary["rows_in"] == summary["rows_out"] == len(before) == len(after)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from skimage import data as photos
 
-from datajuicer_ray.io.curated import data_files
+from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.report import groups, inspect, stats
 from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.overlay import DIM, ImageUnreadable, decode_image, keep_mask, overlay, render_views
@@ -220,12 +220,12 @@ def test_diff_marks_removed_and_added_words_and_escapes():
 
 def test_sampling_is_seeded_reads_few_groups_and_attaches_the_right_images(tmp_path):
     big = write_curated_like(tmp_path / "big", files=12, rows_per_file=24, row_group=4)
-    table = pq.read_table(data_files(str(big)))
+    table = pq.read_table(CuratedTable(str(big)).data_files())
     by_key = dict(zip(table["key"].to_pylist(), table["jpg"].to_pylist(), strict=True))
 
     def draw(seed: int) -> inspect.RowSample:
         rng = random.Random(seed)
-        return inspect.sample_rows(groups.plan(str(big), rng), 10, rng, "jpg")
+        return inspect.sample_rows(groups.plan(CuratedTable(str(big)), rng), 10, rng, "jpg")
 
     a, b, c = draw(1), draw(1), draw(2)
     assert [r["key"] for r in a.rows] == [r["key"] for r in b.rows]
@@ -238,21 +238,21 @@ def test_sampling_is_seeded_reads_few_groups_and_attaches_the_right_images(tmp_p
 
 def test_sampling_a_small_folder_returns_every_row(folder):
     rng = random.Random(0)
-    got = inspect.sample_rows(groups.plan(str(folder), rng), 500, rng, "jpg")
+    got = inspect.sample_rows(groups.plan(CuratedTable(str(folder)), rng), 500, rng, "jpg")
     assert len(got.rows) == 48
 
 
 def test_plan_caps_the_files_it_opens(tmp_path):
     big = write_curated_like(tmp_path / "many", files=6, rows_per_file=4, row_group=4)
-    gp = groups.plan(str(big), random.Random(0), max_files=2)
+    gp = groups.plan(CuratedTable(str(big)), random.Random(0), max_files=2)
     assert (gp.files_opened, gp.files_total, len(gp.groups), gp.complete) == (2, 6, 2, False)
 
 
 def test_stats_count_the_whole_small_folder(folder):
-    table = pq.read_table(data_files(str(folder)))
+    table = pq.read_table(CuratedTable(str(folder)).data_files())
     rows = table.drop_columns(["jpg"]).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
-    got = stats.collect(groups.plan(str(folder), random.Random(0)), G, seed=0)
+    got = stats.collect(groups.plan(CuratedTable(str(folder)), random.Random(0)), G, seed=0)
     assert got.rows == 48 and got.groups_read == got.groups_planned == 6
     assert got.by_status == Counter(r["status"] for r in rows)
     assert got.objects_per_image == Counter(len(r["objects"]) for r in ok)
@@ -300,10 +300,10 @@ def test_report_shows_kept_counts_and_kept_mass(tmp_path):
         "geometry": {"S": S, "P": P, "G": G},
     }
     folder = write_table(tmp_path / "mass", [rows], run, image_column=None)
-    got = stats.collect(groups.plan(str(folder), random.Random(0)), G, seed=0)
+    got = stats.collect(groups.plan(CuratedTable(str(folder)), random.Random(0)), G, seed=0)
     assert sorted(got.kept_per_image.tolist()) == [20, 40, 90, 98]
     assert sorted(got.kept_mass.tolist()) == pytest.approx([0.6, 0.61, 0.7])
-    page = inspect.build_report(str(folder), sample=3)
+    page = inspect.build_report(CuratedTable(str(folder)), sample=3)
     assert 'alt="Patches kept per image"' in page
     assert 'alt="Score mass held by the kept patches (kept_mass)"' in page
     assert "<b>65/196</b><span>kept / image (median)</span>" in page
@@ -321,9 +321,9 @@ def test_empty_objects_plot_says_why_when_the_run_knows():
 
 
 def test_report_of_a_fixed_retention_table_without_kept_mass(folder):
-    got = stats.collect(groups.plan(str(folder), random.Random(0)), G, seed=0)
+    got = stats.collect(groups.plan(CuratedTable(str(folder)), random.Random(0)), G, seed=0)
     assert set(got.kept_per_image.tolist()) == {98} and got.kept_mass.size == 0
-    page = inspect.build_report(str(folder), sample=2)
+    page = inspect.build_report(CuratedTable(str(folder)), sample=2)
     assert "<b>98/196</b><span>kept / image (median)</span>" in page
     assert "kept_mass (median)" not in page and "<b>0.5</b><span>keep ratio</span>" in page
 
@@ -336,7 +336,7 @@ def _cards(page: str) -> list[str]:
 
 
 def test_report_page_is_self_contained_and_shows_what_was_curated(folder):
-    page = inspect.build_report(str(folder), sample=20, seed=3)
+    page = inspect.build_report(CuratedTable(str(folder)), sample=20, seed=3)
     cards = _cards(page)
     assert len(cards) == 20
     # Nothing fetched: every src/href is inline.
@@ -355,13 +355,13 @@ def test_report_page_is_self_contained_and_shows_what_was_curated(folder):
 
 
 def test_report_says_when_plots_cover_part_of_the_folder(folder):
-    page = inspect.build_report(str(folder), sample=4, seed=0, max_stat_rows=10)
+    page = inspect.build_report(CuratedTable(str(folder)), sample=4, seed=0, max_stat_rows=10)
     assert re.search(r"Plots from 1[0-9] of 48 rows: [23] row groups chosen at random", page)
 
 
 def test_report_without_images(tmp_path):
     bare = write_curated_like(tmp_path / "bare", files=1, keep_image=False)
-    page = inspect.build_report(str(bare), sample=5)
+    page = inspect.build_report(CuratedTable(str(bare)), sample=5)
     assert "<img class" not in page
     assert page.count("output.keep_image=false") == 5
 
@@ -391,7 +391,7 @@ def test_markup_in_the_table_is_shown_as_text_never_run(tmp_path):
     run = {"config": {"vision": {"model": hostile}}, "geometry": {"S": S, "P": P, "G": G}, "models": {}}
     out = write_table(tmp_path / "t", [rows], run, {"rows_in": 4, "rows_out": 4, "by_status": {"ok": 3}})
 
-    page = inspect.build_report(str(out), sample=4)
+    page = inspect.build_report(CuratedTable(str(out)), sample=4)
 
     assert page.count("<script>") == 1 and page.count("</script>") == 1  # the page's own filter script
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

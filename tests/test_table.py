@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 
 from datajuicer_ray.config import ConfigError, load_curate_config
 from datajuicer_ray.io.schema import output_schema
-from datajuicer_ray.io.table import DataFile, InputCommit, OutputTable, input_app_id
+from datajuicer_ray.io.table import Claim, DataFile, InputCommit, OutputTable
 from datajuicer_ray.io.writer import data_file_name, delta_stats, to_output_table, write_data_file
 from datajuicer_ray.pipeline import curate
 from tests.support.drills import curate_process, drill_overrides
@@ -149,14 +149,14 @@ def _batch(source: str, n: int) -> pa.Table:
 def _data_file(table: OutputTable, run_id: str, source: str, n: int) -> DataFile:
     out = to_output_table(_batch(source, n), None, source)
     name = data_file_name(run_id, source, 0)
-    return DataFile(name, write_data_file(table.path, name, out), n, delta_stats(out, source))
+    return DataFile(name, write_data_file(table.location, name, out), n, delta_stats(out, source))
 
 
 def test_a_marker_commits_once_even_from_two_drivers_at_once(tmp_path):
     schema = output_schema(None)
     table = OutputTable(str(tmp_path / "t"))
-    gen = table.claim("fp", schema, overwrite=False)
-    app = input_app_id(gen, "fp", "s3://bucket/00000.parquet")
+    claim = table.claim("fp", schema, overwrite=False)
+    app = claim.app_id("s3://bucket/00000.parquet")
     results: dict[str, list] = {}
     barrier = threading.Barrier(2)
 
@@ -184,7 +184,8 @@ def test_a_marker_commits_once_even_from_two_drivers_at_once(tmp_path):
     assert len(read_rows(tmp_path / "t")) == 5
     # same-named files in different folders are different inputs
     other = "s3://bucket/other/00000.parquet"
-    assert input_app_id(gen, "fp", other) != app
+    assert claim.app_id(other) != app
+    assert Claim(claim.generation + 1, "fp").app_id("s3://bucket/00000.parquet") != app  # an overwrite's
 
 
 def test_folders_that_are_not_ours_are_refused_before_any_work(ray_local, tmp_path):
@@ -262,14 +263,14 @@ def test_rows_that_arrive_twice_are_committed_once(tmp_path):
 
     out = str(tmp_path / "t")
     table = OutputTable(out)
-    gen = table.claim("fp", output_schema(None), overwrite=False)
+    claim = table.claim("fp", output_schema(None), overwrite=False)
     (f,) = _inputs("f0")
-    writer = DataFileWriter(out, None, "run-x", {"f0": f.path})
+    writer = DataFileWriter(table.location, None, "run-x", {"f0": f.path})
 
     def rows(lo: int, hi: int, last: bool) -> pa.Table:
         return _input_rows("f0", lo, hi, last)
 
-    committer = Committer(table, [f], {"f0": 10}, gen, "fp", "run-x", output_schema(None))
+    committer = Committer(table, [f], {"f0": 10}, claim, "run-x", output_schema(None))
     metas = [
         writer(rows(0, 4, False)),
         writer(rows(0, 4, False)),
@@ -299,10 +300,10 @@ def test_an_input_whose_rows_did_not_all_arrive_fails_the_run_and_is_not_committ
 
     out = str(tmp_path / "t")
     table = OutputTable(out)
-    gen = table.claim("fp", output_schema(None), overwrite=False)
+    claim = table.claim("fp", output_schema(None), overwrite=False)
     files = _inputs("f0", "f1")
-    writer = DataFileWriter(out, None, "run-x", {f.file_id: f.path for f in files})
-    committer = Committer(table, files, {"f0": 5, "f1": 3}, gen, "fp", "run-x", output_schema(None))
+    writer = DataFileWriter(table.location, None, "run-x", {f.file_id: f.path for f in files})
+    committer = Committer(table, files, {"f0": 5, "f1": 3}, claim, "run-x", output_schema(None))
     assert committer.add(_meta(writer, "f1", 0, 3, True)) is True
     assert committer.flush() == ["f1"]
     assert [committer.add(_meta(writer, "f0", *b)) for b in batches] == [False] * len(batches)
@@ -311,7 +312,7 @@ def test_an_input_whose_rows_did_not_all_arrive_fails_the_run_and_is_not_committ
         RuntimeError, match=r"input /data/f0\.parquet: \d rows written but the file's last row"
     ):
         committer.finish()
-    apps = {f.file_id: input_app_id(gen, "fp", f.path) for f in files}
+    apps = {f.file_id: claim.app_id(f.path) for f in files}
     assert table.committed(apps.values()).keys() == {apps["f1"]}
     assert sorted(r["key"] for r in read_rows(out, ["key"])) == ["f1:0", "f1:1", "f1:2"]
 
@@ -321,15 +322,15 @@ def test_empty_inputs_are_committed_with_no_data_file_so_a_rerun_skips_them(tmp_
 
     out = str(tmp_path / "t")
     table = OutputTable(out)
-    gen = table.claim("fp", output_schema(None), overwrite=False)
+    claim = table.claim("fp", output_schema(None), overwrite=False)
     files = _inputs("f0", "f1", "f2")  # f0 and f2 give no row at all
     expected = {"f0": 0, "f1": 3, "f2": 0}
-    writer = DataFileWriter(out, None, "run-x", {f.file_id: f.path for f in files})
-    committer = Committer(table, files, expected, gen, "fp", "run-x", output_schema(None))
+    writer = DataFileWriter(table.location, None, "run-x", {f.file_id: f.path for f in files})
+    committer = Committer(table, files, expected, claim, "run-x", output_schema(None))
     assert committer.add(_meta(writer, "f1", 0, 3, True)) is True
     committer.finish()  # flushes the ready file and the empty ones together
     assert sorted(committer.committed) == ["f0", "f1", "f2"] and committer.skipped == []
-    apps = [input_app_id(gen, "fp", f.path) for f in files]
+    apps = [claim.app_id(f.path) for f in files]
     assert table.committed(apps).keys() == set(apps)
     (last,) = DeltaTable(out).history(1)
     assert sorted((i["uri"], i["rows_in"]) for i in last["datajuicer_ray"]["inputs"]) == [
@@ -339,7 +340,7 @@ def test_empty_inputs_are_committed_with_no_data_file_so_a_rerun_skips_them(tmp_
     assert len(read_rows(out)) == 3
     # A re-run of the same inputs finds every marker in place: nothing is committed twice.
     version = DeltaTable(out).version()
-    rerun = Committer(table, files, expected, gen, "fp", "run-y", output_schema(None))
+    rerun = Committer(table, files, expected, claim, "run-y", output_schema(None))
     rerun.finish()
     assert rerun.committed == [] and sorted(rerun.skipped) == ["f0", "f1", "f2"]
     assert DeltaTable(out).version() == version
@@ -350,15 +351,15 @@ def test_an_input_another_driver_committed_first_is_skipped_and_its_files_remove
 
     out = str(tmp_path / "t")
     table = OutputTable(out)
-    gen = table.claim("fp", output_schema(None), overwrite=False)
+    claim = table.claim("fp", output_schema(None), overwrite=False)
     files = _inputs("f0", "f1")
     uris = {f.file_id: f.path for f in files}
-    ours = Committer(table, files, {"f0": 3, "f1": 2}, gen, "fp", "run-a", output_schema(None))
-    theirs = Committer(OutputTable(out), files[:1], {"f0": 3}, gen, "fp", "run-b", output_schema(None))
-    their_meta = _meta(DataFileWriter(out, None, "run-b", uris), "f0", 0, 3, True)
+    ours = Committer(table, files, {"f0": 3, "f1": 2}, claim, "run-a", output_schema(None))
+    theirs = Committer(OutputTable(out), files[:1], {"f0": 3}, claim, "run-b", output_schema(None))
+    their_meta = _meta(DataFileWriter(table.location, None, "run-b", uris), "f0", 0, 3, True)
     assert theirs.add(their_meta) is True and theirs.flush() == ["f0"]
 
-    writer = DataFileWriter(out, None, "run-a", uris)
+    writer = DataFileWriter(table.location, None, "run-a", uris)
     our_f0 = [_meta(writer, "f0", 0, 2, False), _meta(writer, "f0", 2, 3, True)]
     our_f1 = _meta(writer, "f1", 0, 2, True)
     assert [ours.add(m) for m in [*our_f0, our_f1]] == [False, True, True]

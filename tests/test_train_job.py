@@ -135,10 +135,11 @@ def test_geometry_mismatch_is_a_config_error(ray_local, curated_like):
 
 
 def test_not_a_curated_folder_is_a_config_error(tmp_path):
+    from datajuicer_ray.io.curated import CuratedTable
     from datajuicer_ray.train.data import open_source
 
     with pytest.raises(ConfigError, match="no committed rows"):
-        open_source(str(tmp_path))
+        open_source(CuratedTable(str(tmp_path)))
 
 
 @pytest.mark.slow

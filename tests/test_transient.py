@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from datajuicer_ray.config import load_curate_config
+from datajuicer_ray.io.location import Location
 from datajuicer_ray.io.table import OutputTable
 from datajuicer_ray.io.writer import write_data_file
 from datajuicer_ray.pipeline import curate
@@ -90,11 +91,11 @@ def test_a_flaky_store_is_retried_and_no_row_is_marked(drills, tmp_path):
 def test_data_file_writes_retry_then_give_up(drills, tmp_path):
     table = pa.table({"x": [1, 2, 3]})
     set_budget(drills / "faults", 2)
-    size = write_data_file(f"faulty://{tmp_path}", "part-a.parquet", table)
+    size = write_data_file(Location.of(f"faulty://{tmp_path}"), "part-a.parquet", table)
     assert size == (tmp_path / "part-a.parquet").stat().st_size and injected(drills / "faults") == 2
     set_budget(drills / "faults", 100)  # a store that stays down: the error goes up, nothing is recorded
     with pytest.raises(ConnectionResetError):
-        write_data_file(f"faulty://{tmp_path}", "part-b.parquet", table)
+        write_data_file(Location.of(f"faulty://{tmp_path}"), "part-b.parquet", table)
     set_budget(drills / "faults", 0)
 
 

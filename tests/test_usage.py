@@ -27,6 +27,7 @@ import pytest
 from datajuicer_ray import cli, preflight
 from datajuicer_ray.config import RewriteConfig, load_curate_config
 from datajuicer_ray.io.reader import InputFile, read_file
+from datajuicer_ray.io.table import OutputTable
 from tests.support.inputs import img2dataset_parquet, photo, webdataset_tar
 from tests.support.tables import write_table
 
@@ -320,7 +321,7 @@ def test_what_the_preflight_lets_through(world, tmp_path):
 
     def problems(*overrides: str):
         cfg = load_curate_config(None, [f"output.path={tmp_path / 'out'}", *overrides])
-        return preflight.curate_problems(cfg)
+        return preflight.curate_problems(cfg, OutputTable(cfg.output.path))
 
     assert problems(f"input.path={world}/data") == []
     assert problems(f"input.path={world}/data/*.parquet", "input.shard=1/2") == []

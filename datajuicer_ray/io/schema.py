@@ -1,8 +1,12 @@
-"""The curated table's columns (docs/contract.md) as Arrow types, and the status vocabulary."""
+"""The curated table's columns (docs/contract.md) as Arrow types, and the status vocabulary (the column
+names themselves: :mod:`.columns`)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
+
+from datajuicer_ray.io import columns as c
+from datajuicer_ray.io.columns import PIXELS_COL, ROW_COL, SOURCE_COL, VISION_COLUMNS  # noqa: F401 - names stages import from here
 
 OBJECT_TYPE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
@@ -24,14 +28,6 @@ TRANSIENT_REWRITE_PREFIX = "failed:"
 REWRITE_OK = "ok"
 REWRITE_DISABLED = "disabled"
 
-# Internal columns that travel between stages and never reach the output.
-SOURCE_COL = "_source"  # input file id
-ROW_COL = "_row"  # row number inside the input file
-PIXELS_COL = "_pixels"  # canonical view, S*S*3 uint8 bytes
-
-
-VISION_COLUMNS = ("patch_grid", "patch_index", "patch_scores", "kept_mass", "objects")
-
 
 # A rewrite the model answered but not as asked: the model's doing, not a fault of the system.
 MODEL_FAILURES = ("failed:unparsable",)
@@ -46,24 +42,24 @@ def is_transient(status: str | None, rewrite_status: str | None) -> bool:
 
 def output_schema(image_column: str | None) -> pa.Schema:
     """Columns in contract order; ``image_column=None`` when ``output.keep_image=false``."""
-    fields = [pa.field("key", pa.string(), nullable=False)]
+    fields = [pa.field(c.KEY, pa.string(), nullable=False)]
     if image_column:
         fields.append(pa.field(image_column, pa.binary()))
     fields += [
-        pa.field("caption", pa.string()),
-        pa.field("caption_rewritten", pa.string()),
-        pa.field("rewrite_status", pa.string(), nullable=False),
+        pa.field(c.CAPTION, pa.string()),
+        pa.field(c.CAPTION_REWRITTEN, pa.string()),
+        pa.field(c.REWRITE_STATUS, pa.string(), nullable=False),
         # What the rewriter wrote when the guard rejected it or it did not parse (evidence); null otherwise.
-        pa.field("rewrite_candidate", pa.string()),
-        pa.field("patch_grid", pa.int16()),
-        pa.field("patch_index", pa.list_(pa.int16())),
-        pa.field("patch_scores", pa.list_(pa.float32())),
-        pa.field("kept_mass", pa.float32()),
-        pa.field("objects", pa.list_(OBJECT_TYPE)),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
+        pa.field(c.REWRITE_CANDIDATE, pa.string()),
+        pa.field(c.PATCH_GRID, pa.int16()),
+        pa.field(c.PATCH_INDEX, pa.list_(pa.int16())),
+        pa.field(c.PATCH_SCORES, pa.list_(pa.float32())),
+        pa.field(c.KEPT_MASS, pa.float32()),
+        pa.field(c.OBJECTS, pa.list_(OBJECT_TYPE)),
+        pa.field(c.STATUS, pa.string(), nullable=False),
+        pa.field(c.ERROR, pa.string()),
         # Lineage: the input file (full URI) and row each output row came from.
-        pa.field("source_file", pa.string(), nullable=False),
-        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field(c.SOURCE_FILE, pa.string(), nullable=False),
+        pa.field(c.SOURCE_ROW, pa.int64(), nullable=False),
     ]
     return pa.schema(fields)

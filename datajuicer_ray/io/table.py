@@ -36,7 +36,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -46,6 +45,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
 from datajuicer_ray.io.faults import storage_retrying
+from datajuicer_ray.io.location import Location
 
 RUNS_DIR = "_runs"
 SUMMARY_FILE = "_summary.json"
@@ -65,27 +65,20 @@ def fingerprint_app(fp: str) -> str:
     return f"datajuicer_ray/fingerprint/{fp}"
 
 
-def input_app_id(generation: int, fp: str, input_uri: str) -> str:
-    """The idempotency marker of one input file's commit: its full URI, the run fingerprint, the table's
-    generation. Same-named files in different folders (img2dataset restarts at 00000) never collide."""
-    return "datajuicer_ray/input/" + hashlib.sha256(f"{generation}|{fp}|{input_uri}".encode()).hexdigest()
+@dataclass(frozen=True)
+class Claim:
+    """What a run holds once :meth:`OutputTable.claim` let it in: the generation it writes and its
+    fingerprint, which together name every input file's commit marker."""
 
+    generation: int
+    fingerprint: str
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow's filesystem for a local path or URL, and the path on it (no trailing slash)."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), posixpath.abspath(uri).rstrip("/")
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, ValueError):  # a scheme only fsspec knows (hf://, abfs:// via adlfs, ...)
-        fsspec_fs, path = fsspec.core.url_to_fs(uri)
-        fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
-    return fs, path.rstrip("/")
-
-
-def table_uri(path: str) -> str:
-    """What deltalake is given: an absolute local path, or the URL as is."""
-    return path if "://" in path else posixpath.abspath(path)
+    def app_id(self, input_uri: str) -> str:
+        """The idempotency marker of one input file's commit: its full URI, the run fingerprint, the
+        table's generation. Same-named files in different folders (img2dataset restarts at 00000) never
+        collide."""
+        key = f"{self.generation}|{self.fingerprint}|{input_uri}"
+        return "datajuicer_ray/input/" + hashlib.sha256(key.encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,12 +108,14 @@ class InputCommit:
 
 
 class OutputTable:
-    """The Delta table at ``output.path``, its run records and its summary."""
+    """The Delta table at ``output.path``, its run records and its summary. Open it once per command and
+    pass the handle down: the log is loaded on first use and then only advanced (``update_incremental``),
+    and ``location`` (the filesystem client) is what workers receive."""
 
     def __init__(self, path: str):
         self.path = path
-        self.uri = table_uri(path)
-        self.fs, self.root = filesystem(path)
+        self.location = Location.of(path)
+        self.uri, self.fs, self.root = self.location.uri, self.location.fs, self.location.root
         self._dt: DeltaTable | None = None
 
     # -- the log ----------------------------------------------------------------------------
@@ -144,30 +139,28 @@ class OutputTable:
         dt = self.delta()
         return None if dt is None else dt.transaction_version(GENERATION_APP)
 
-    def claim(self, fp: str, schema: pa.Schema, overwrite: bool) -> int:
-        """Create the table, or check that this run may write into it; returns the generation to write.
+    def claim(self, fp: str, schema: pa.Schema, overwrite: bool) -> Claim:
+        """Create the table, or check that this run may write into it; returns what the run writes under.
 
         Creation is an empty ``write_deltalake(mode="append")`` (two drivers creating at once both land
         as appends, unlike ``mode="error"``, which lets both "succeed"); the markers come with it.
         """
         for _ in range(COMMIT_RETRIES):
+            refusal = self.refusal()
+            if refusal:
+                raise TableConflict(f"output.path: {refusal}")
             dt = self.delta()
             if dt is None:
-                self._refuse_foreign_folder()
                 # Created, or lost the race to another creator: either way, look at what is there now.
                 self._write_markers(schema, 0, fp, mode="append")
                 continue
             gen = dt.transaction_version(GENERATION_APP)
-            if gen is None:
-                raise TableConflict(
-                    f"output.path: {self.path} is a Delta table that datajuicer_ray did not create; "
-                    "choose another output.path"
-                )
+            assert gen is not None, "refusal() names a Delta table without our generation marker"
             if overwrite:
                 self._write_markers(schema, gen + 1, fp, mode="overwrite")
-                return gen + 1
+                return Claim(gen + 1, fp)
             if dt.transaction_version(fingerprint_app(fp)) == gen:
-                return gen
+                return Claim(gen, fp)
             raise FingerprintConflict(
                 f"output.path: {self.path} holds a run with a different fingerprint; use a new "
                 "output.path, or output.mode=overwrite to replace it"
@@ -193,20 +186,30 @@ class OutputTable:
         self._dt = None
         return True
 
-    def _refuse_foreign_folder(self) -> None:
-        """Never write into (let alone overwrite) a folder of someone else's files."""
+    def refusal(self) -> str | None:
+        """Why no run may write here, or None: a file; a Delta table this tool did not create (overwrite
+        only ever replaces our own); a folder of someone else's files. The one place these rules live: the
+        preflight lists the answer with the other problems, :meth:`claim` raises it."""
+        if self.delta() is not None:
+            if self.generation() is None:
+                return (
+                    f"{self.path} is a Delta table that datajuicer_ray did not create; choose another "
+                    "output.path (overwrite only ever replaces a table this tool wrote)"
+                )
+            return None
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
-            raise TableConflict(f"output.path: {self.path} is a file, not a folder")
+            return f"{self.path} is a file, not a folder; give output.path a folder"
         if info.type == pafs.FileType.NotFound:
-            return
+            return None
         entries = self.fs.get_file_info(pafs.FileSelector(self.root))
-        foreign = [e.base_name for e in entries if e.base_name not in (RUNS_DIR, SUMMARY_FILE, "_delta_log")]
-        if foreign:
-            raise TableConflict(
-                f"output.path: {self.path} is not empty and not a curated table (it holds {foreign[0]!r}"
-                f"{' and more' if len(foreign) > 1 else ''}); choose a new or empty folder"
-            )
+        foreign = sorted(
+            e.base_name for e in entries if e.base_name not in (RUNS_DIR, SUMMARY_FILE, "_delta_log")
+        )
+        if not foreign:
+            return None
+        held = repr(foreign[0]) + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+        return f"{self.path} is not empty and not a curated table (it holds {held}); choose a new or empty folder"
 
     def committed(self, app_ids: Iterable[str]) -> dict[str, int]:
         """The app ids among these already in the log, with their versions (asks the log, reads no data)."""
@@ -281,7 +284,7 @@ class OutputTable:
         if dt is None:
             raise FileNotFoundError(f"{self.path}: no curated table here (no _delta_log)")
         schema = pa.schema(dt.schema().to_arrow())
-        paths = [filesystem(u)[1] for u in dt.file_uris()]
+        paths = [self.location.path(self.location.name_of(u)) for u in dt.file_uris()]
         return pads.dataset(paths, schema=schema, filesystem=self.fs, format="parquet")
 
     def data_files_of(self, input_uri: str) -> list[str]:
@@ -290,7 +293,7 @@ class OutputTable:
         if dt is None:
             return []
         uris = dt.file_uris(file_pruning_predicate=[("source_file", "=", input_uri)])
-        return [posixpath.relpath(filesystem(u)[1], self.root) for u in uris]
+        return [self.location.name_of(u) for u in uris]
 
     # -- run records and the summary -----------------------------------------------------------
 

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 
 from datajuicer_ray.io import schema
 from datajuicer_ray.io.faults import hold_for_drill, storage_retrying
+from datajuicer_ray.io.location import Location
 from datajuicer_ray.io.reader import IMAGE_COL, LAST_COL, InputFile
-from datajuicer_ray.io.table import DataFile, InputCommit, OutputTable, filesystem, input_app_id
+from datajuicer_ray.io.table import Claim, DataFile, InputCommit, OutputTable
 
 # ----------------------------------------------------------------------------------------------
 # worker side
@@ -79,10 +80,9 @@ def delta_stats(table: pa.Table, source_uri: str) -> str:
     )
 
 
-def write_data_file(out_path: str, name: str, table: pa.Table) -> int:
+def write_data_file(location: Location, name: str, table: pa.Table) -> int:
     """Write one data file into the table folder (transient faults retried); returns its size in bytes."""
-    fs, root = filesystem(out_path)
-    path = f"{root}/{name}"
+    fs, path = location.fs, location.path(name)
     for attempt in storage_retrying():
         with attempt:
             with fs.open_output_stream(path) as fh:
@@ -107,8 +107,8 @@ META_SCHEMA = pa.schema(
 class DataFileWriter:
     """``batch -> data-file metadata``: each input file's rows of the batch become one data file."""
 
-    def __init__(self, out_path: str, image_column: str | None, run_id: str, uris: dict[str, str]):
-        self.out_path = out_path
+    def __init__(self, location: Location, image_column: str | None, run_id: str, uris: dict[str, str]):
+        self.location = location
         self.image_column = image_column
         self.run_id = run_id
         self.uris = uris  # input file id -> full URI
@@ -125,7 +125,7 @@ class DataFileWriter:
             name = data_file_name(self.run_id, uri, min(rows))
             meta["file_id"].append(file_id)
             meta["name"].append(name)
-            meta["size"].append(write_data_file(self.out_path, name, out))
+            meta["size"].append(write_data_file(self.location, name, out))
             meta["rows"].append(rows)
             meta["last_row"].append(last[0] if last else -1)
             meta["transient"].append(_transient_rows(out))
@@ -134,10 +134,11 @@ class DataFileWriter:
 
 
 def write_data_files(
-    batch: pa.Table, out_path: str, image_column: str | None, run_id: str, uris: dict[str, str]
+    batch: pa.Table, location: Location, image_column: str | None, run_id: str, uris: dict[str, str]
 ) -> pa.Table:
-    """Write task (Ray pickles it by reference: this module imports no torch)."""
-    return DataFileWriter(out_path, image_column, run_id, uris)(batch)
+    """Write task (Ray pickles it by reference: this module imports no torch). ``location`` is the
+    table's, built once by the driver (``OutputTable.location``)."""
+    return DataFileWriter(location, image_column, run_id, uris)(batch)
 
 
 def _transient_rows(out: pa.Table) -> int:
@@ -164,8 +165,7 @@ class Committer:
         table: OutputTable,
         files: list[InputFile],
         expected_rows: dict[str, int],
-        generation: int,
-        fingerprint: str,
+        claim: Claim,
         run_id: str,
         out_schema: pa.Schema,
         replacing: dict[str, tuple[list[str], int]] | None = None,
@@ -173,8 +173,7 @@ class Committer:
         self.table = table
         self.files = {f.file_id: f for f in files}
         self.expected = expected_rows
-        self.generation = generation
-        self.fingerprint = fingerprint
+        self.claim = claim
         self.run_id = run_id
         self.schema = out_schema
         # retry_failed: input URI -> (data files its new rows replace, the marker version to commit)
@@ -215,12 +214,12 @@ class Committer:
         return False
 
     def _rewrite_subset(self, name: str, keep: list[int]) -> tuple[str, int, str]:
-        fs, root = filesystem(self.table.path)
-        with fs.open_input_file(f"{root}/{name}") as fh:
+        location = self.table.location
+        with location.fs.open_input_file(location.path(name)) as fh:
             table = pq.read_table(fh).take(pa.array(keep))
         uri = table.column("source_file")[0].as_py()
         new = data_file_name(self.run_id, uri, int(pc.min(table.column("source_row")).as_py()))
-        return new, write_data_file(self.table.path, new, table), delta_stats(table, uri)
+        return new, write_data_file(location, new, table), delta_stats(table, uri)
 
     def _commit_for(self, file_id: str) -> InputCommit:
         f = self.files[file_id]
@@ -229,7 +228,7 @@ class Committer:
         expected = self.expected.get(file_id, -1)
         return InputCommit(
             uri=f.path,
-            app_id=input_app_id(self.generation, self.fingerprint, f.path),
+            app_id=self.claim.app_id(f.path),
             files=st.files,
             rows_in=expected if expected >= 0 else len(st.seen),
             replaces=replaces,

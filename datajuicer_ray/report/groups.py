@@ -14,7 +14,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datajuicer_ray.io.curated import data_files
+from datajuicer_ray.io.curated import CuratedTable
 
 # Footers read to plan a sample: enough to spread it over many files, few enough to take seconds on S3.
 MAX_FILES = 64
@@ -46,11 +46,11 @@ def _open(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open(p, "rb"))
 
 
-def plan(output_dir: str, rng: random.Random, max_files: int = MAX_FILES) -> GroupPlan:
-    parts = data_files(output_dir)
+def plan(table: CuratedTable, rng: random.Random, max_files: int = MAX_FILES) -> GroupPlan:
+    parts = table.data_files()
     if not parts:
         raise FileNotFoundError(
-            f"no committed rows in {output_dir!r}: is it a curated table (a `datajuicer-ray curate` output)?"
+            f"no committed rows in {table.path!r}: is it a curated table (a `datajuicer-ray curate` output)?"
         )
     files = list(parts)
     rng.shuffle(files)

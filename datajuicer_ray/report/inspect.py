@@ -17,7 +17,7 @@ import fsspec
 import pyarrow as pa
 from markupsafe import Markup, escape
 
-from datajuicer_ray.io.curated import image_column, read_run_info, read_summary, table_geometry
+from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report import html as page
 from datajuicer_ray.report.captions import diff_words
@@ -131,15 +131,18 @@ def make_card(row: dict, size: int, grid: int, images_kept: bool) -> Card:
     return card
 
 
-def build_report(output_dir: str, sample: int = 48, seed: int = 0, max_stat_rows: int = MAX_STAT_ROWS) -> str:
-    """The HTML of the report of one curated folder."""
+def build_report(
+    table: CuratedTable, sample: int = 48, seed: int = 0, max_stat_rows: int = MAX_STAT_ROWS
+) -> str:
+    """The HTML of the report of one curated table."""
     if sample < 1:
         raise ValueError(f"--sample must be at least 1, got {sample}")
     rng = random.Random(seed)
-    group_plan = plan(output_dir, rng)  # first: "not a curated table" is the error to give
-    run_info, summary = read_run_info(output_dir), read_summary(output_dir)
-    geo = table_geometry(output_dir)
-    image_col = image_column(output_dir)
+    group_plan = plan(table, rng)  # first: "not a curated table" is the error to give
+    run_info, summary = table.run_info(), table.stored_summary()
+    geo = table.geometry()
+    image_col = table.image_column()
+    output_dir = table.path
     drawn = sample_rows(group_plan, sample, rng, image_col)
     images_kept = bool(image_col and image_col in group_plan.columns)
     cards = [make_card(r, geo.size, geo.grid, images_kept) for r in drawn.rows]
@@ -163,9 +166,10 @@ def inspect_from_cli(output_dir: str, sample: int, out: str, seed: int) -> int:
     from datajuicer_ray import preflight
 
     # A bad --out (a folder, a place we cannot write) fails now, not after the report is built.
-    preflight.check_inspect(output_dir, out, sample)
+    table = CuratedTable(output_dir)  # opened once: the preflight and the report share its log
+    preflight.check_inspect(table, out, sample)
     try:
-        text = build_report(output_dir, sample=sample, seed=seed)
+        text = build_report(table, sample=sample, seed=seed)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {output_dir}: {err}", file=sys.stderr)
         return 2

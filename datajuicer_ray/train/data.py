@@ -26,7 +26,7 @@ import pyarrow as pa
 import ray
 
 from datajuicer_ray.config import ConfigError
-from datajuicer_ray.io import curated
+from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import Geometry, flip_indices, top_k_indices
@@ -44,19 +44,20 @@ class Source:
     geometry: Geometry  # as the table's run recorded it
 
 
-def open_source(path: str) -> Source:
-    """Check that ``path`` is a curated folder with images; raise ConfigError saying what is wrong."""
-    parts = curated.data_files(path)
+def open_source(table: CuratedTable) -> Source:
+    """Check that ``table`` is a curated table with images; raise ConfigError saying what is wrong."""
+    path = table.path
+    parts = table.data_files()
     if not parts:
         raise ConfigError(
             f"data.path: no committed rows in {path!r}; point it at a `datajuicer-ray curate` output table"
         )
-    column = curated.image_column(path)
+    column = table.image_column()
     if column is None:
         raise ConfigError(
             f"data.path: {path!r} was curated with output.keep_image=false; training needs the images"
         )
-    return Source(path, tuple(parts), column, curated.table_geometry(path))
+    return Source(path, tuple(parts), column, table.geometry())
 
 
 def is_held_out(key: str, fraction: float) -> bool:

@@ -10,12 +10,16 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, TrainConfig, load_train_config, to_dict
+from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.progress import console
 from datajuicer_ray.runtime import init_ray
+
+if TYPE_CHECKING:  # train.data imports Ray Data and the decoder: only the functions that build data do
+    from datajuicer_ray.train.data import Source
 
 log = logging.getLogger("datajuicer_ray.train")
 
@@ -39,10 +43,11 @@ def check_geometry(cfg: TrainConfig, source: Any) -> None:
         )
 
 
-def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
+def build_datasets(cfg: TrainConfig, source: Source | None = None) -> dict[str, Any]:
+    """The train (and held-out) datasets of ``source``, opened from ``data.path`` when not given."""
     from datajuicer_ray.train.data import build_dataset, open_source
 
-    source = open_source(cfg.data.path)
+    source = source or open_source(CuratedTable(cfg.data.path))
     check_geometry(cfg, source)
     d = cfg.data
     common = dict(
@@ -91,10 +96,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train; returns the last metrics, the checkpoint path, and whether (and from where) it resumed."""
     from datajuicer_ray.train.data import open_source
 
-    preflight.check_train(cfg)  # a table with no `ok` row, a storage path that is a file: before Ray starts
-    check_geometry(cfg, open_source(cfg.data.path))  # a wrong folder fails before Ray starts
+    table = CuratedTable(cfg.data.path)  # opened once: the preflight and the trainer's source share its log
+    preflight.check_train(cfg, table)  # a table with no `ok` row, a storage path that is a file: before Ray
+    source = open_source(table)
+    check_geometry(cfg, source)  # a wrong folder fails before Ray starts
     init_ray(cfg.ray)
-    trainer = make_trainer(cfg, build_datasets(cfg))
+    trainer = make_trainer(cfg, build_datasets(cfg, source))
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     summary = {
