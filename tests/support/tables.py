@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 from deltalake import DeltaTable
+
+from datajuicer_ray.io import columns as c
 
 
 def read_rows(path, columns=None) -> list[dict]:
@@ -60,3 +63,17 @@ def write_table(
     if summary is not None:
         (path / "_summary.json").write_text(json.dumps(summary))
     return path
+
+
+def stage_rows(source: str, n: int) -> pa.Table:
+    """``n`` rows of one input file as the last stage hands them to the writer (no image, no rewrite)."""
+    return pa.table(
+        {
+            c.KEY: [f"{source}:{i}" for i in range(n)],
+            c.CAPTION: ["c"] * n,
+            c.PATCH_GRID: pa.array([None] * n, pa.int16()),
+            c.STATUS: ["ok"] * n,
+            c.ERROR: pa.array([None] * n, pa.string()),
+            c.ROW_COL: pa.array(range(n), pa.int64()),
+        }
+    )
