@@ -3,10 +3,9 @@
 glibc serves a large request (above a threshold that adapts up to 32 MiB) with a fresh ``mmap`` and hands
 it back to the kernel on ``free``; it also trims the top of its heap once 128 KiB there are free. A forward
 pass on the CPU allocates and frees the same tens of MiB of activations batch after batch, so every batch
-page-faults zeroed pages in again. Measured on 2 cores (ViT-S/16 fp32, batches of 32 web photos decoded
-between them, as the bare loop of ``benchmarks/bench_pipeline.py`` does): 41-45 ms a row with glibc's
-defaults, 36.5-37.7 with the freed memory kept (docs/benchmarks.md). The cost is that the process keeps
-its peak heap (up to 1 GiB of it free) instead of returning it between batches.
+page-faults zeroed pages in again. Keeping the freed memory avoids that (the gain is measured by
+``benchmarks/bench_allocator.py``, docs/benchmarks.md); the cost is that the process keeps its peak heap
+(up to ``KEEP_BYTES`` of it free) instead of returning it between batches.
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ KEEP_BYTES = 1 << 30
 # actor does (its batches run on a thread of their own): the CPU scorer's and the CPU rewriter's, through
 # runtime.actor_pool_kwargs. glibc gives such a thread its own arena, whose heaps are at most 64 MiB and are
 # unmapped whole once free, whatever the thresholds say: a batch's activations fault in again each time.
-# One arena puts every thread on the main heap, where the thresholds hold. Measured with the scoring loop
-# on a thread: 38-40 ms a row and ~2,000 page faults a row; 36.9 ms and ~270 with one arena
-# (docs/benchmarks.md). glibc reads it when the process starts, hence an environment variable.
+# One arena puts every thread on the main heap, where the thresholds hold (page faults and time a row:
+# docs/benchmarks.md). glibc reads it when the process starts, hence an environment variable.
 CPU_ACTOR_ENV = {"MALLOC_ARENA_MAX": "1"}
 
 _kept = False

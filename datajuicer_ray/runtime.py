@@ -77,8 +77,8 @@ def shutdown_ray() -> None:
     """Stop the Ray that init_ray started here, or leave the cluster's.
 
     Ray 2.60 stops a local Ray's GCS before its autoscaler monitor; the monitor's SIGTERM handler then
-    reports its own "failure" to the GCS that is gone and hangs until Ray SIGKILLs it after a 1 s grace
-    period: 1.0 s of a 1.4 s shutdown (docs/benchmarks.md). The monitor of a Ray that ends with this
+    reports its own "failure" to the GCS that is gone and hangs until Ray SIGKILLs it after a grace
+    period (most of the shutdown: docs/benchmarks.md). The monitor of a Ray that ends with this
     process has nothing to save, so it is killed first; the rest stop as Ray stops them.
     """
     global _started_local
@@ -120,8 +120,8 @@ def actor_pool_kwargs(
     ``allocator.CPU_ACTOR_ENV`` (one malloc arena), so each batch reuses the memory the last one freed. A
     Ray that init_ray started here already gave it to every worker (they inherit it): there the pool asks
     for no runtime_env, because an actor with one of its own gets a worker started for it, through Ray's
-    setup_worker (two Python starts), instead of one of the idle workers Ray prestarts. That put the
-    scorer's ``__init__`` 0.5-1 s later on 2 cores, on every local job's critical path (docs/benchmarks.md).
+    setup_worker (two Python starts), instead of one of the idle workers Ray prestarts, on every local
+    job's critical path (what that costs: docs/benchmarks.md).
     """
     kwargs: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),

@@ -84,7 +84,7 @@ _TOKENIZERS: dict[str, Any] = {}
 
 
 def _tokenizer(model_name: Any):
-    """One tokenizer per worker process and model (loading the BPE vocabulary takes ~0.3 s)."""
+    """One tokenizer per worker process and model (loading the BPE vocabulary is not free)."""
     from datajuicer_ray.train import factory
 
     key = repr(model_name)

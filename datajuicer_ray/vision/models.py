@@ -174,8 +174,8 @@ def load_model(spec: str, revision: str | None = None, device: str = "cpu") -> L
 
 def model_config(path: str, revision: str | None = None) -> Any:
     """A checkpoint's config without its weights. A local directory's complete ``config.json`` (what
-    ``save_pretrained`` writes) is read as JSON: the driver then never imports transformers, ~2 s on a
-    job's start-up path. Hub ids and partial configs go through ``AutoConfig``, which fills defaults."""
+    ``save_pretrained`` writes) is read as JSON: the driver then never imports transformers on a job's
+    start-up path. Hub ids and partial configs go through ``AutoConfig``, which fills defaults."""
     local = Path(path) / "config.json"
     if revision is None and local.is_file():
         raw = json.loads(local.read_text())

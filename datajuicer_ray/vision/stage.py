@@ -2,8 +2,8 @@
 
 Ray pickles a stage by reference (module + name) and each worker process imports that module. This module
 imports no torch: the driver only names :class:`PatchScorerStage` and a decode task only runs the Decoder,
-so neither pays torch's and transformers' import (~2-3 s of CPU each, on the job's start-up path, measured
-in docs/benchmarks.md). Only the scorer actor imports them, in ``__init__``, where it loads the model.
+so neither pays torch's and transformers' import (seconds of CPU each, on the job's start-up path:
+docs/benchmarks.md). Only the scorer actor imports them, in ``__init__``, where it loads the model.
 """
 
 from __future__ import annotations
