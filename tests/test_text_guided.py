@@ -93,7 +93,7 @@ def test_the_dry_run_curates_end_to_end_with_text_guided_scoring(ray_local, tmp_
     """Issue 12's done-when: `curate conf/dry_run.yaml vision.scorer=text_guided` with a tiny open_clip model,
     through the real job (the sample input with its web-crawl faults, the scorer actor, the Delta commit).
     The scorer is the tiny DINO and rewriting is off to keep it short; both are beside the point here."""
-    from tables import latest_run, read_rows
+    from tests.support.tables import latest_run, read_rows
 
     from datajuicer_ray.config import load_curate_config
     from datajuicer_ray.pipeline import curate
