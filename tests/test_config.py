@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from datajuicer_ray.config import (
     ActorPoolConfig,
@@ -21,6 +20,7 @@ from datajuicer_ray.config import (
     unfingerprinted_keys,
 )
 from datajuicer_ray.vision.geometry import Geometry
+from tests.conftest import REPO
 
 DRY = REPO / "conf" / "dry_run.yaml"
 
@@ -49,6 +49,7 @@ def test_overrides_apply_and_are_typed():
         ("input.shard=5/4", "input.shard"),
         ("rewrite.backend=gpt", "rewrite.backend: 'gpt' is not one of vllm, http, transformers"),
         ("vision.dtype=int8", "vision.dtype"),
+        ("rewrite.request_timeout_s=0", "rewrite.request_timeout_s: must be > 0"),
         ("keep_ratio", "override 'keep_ratio': expected KEY=VALUE"),
     ],
 )

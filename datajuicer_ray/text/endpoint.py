@@ -1,5 +1,10 @@
-"""The HTTP rewrite endpoint before any work starts: may the API key go to it, and does it answer (one tiny
-chat request, 1 token)?"""
+"""The HTTP rewrite endpoint's key and its one rule, and the endpoint before any work starts: may the API key
+go to it, and does it answer (one tiny chat request, 1 token)?
+
+The rule: the key goes only to ``rewrite.url``, never over plain ``http://`` to a host that is not this machine
+(unless ``rewrite.allow_insecure_http``), and never into a log, an error or a record. It is read on the driver
+and handed to the rewrite stage as an :class:`ApiKey`, whose ``repr`` and ``str`` hide it.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,24 @@ import json
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from datajuicer_ray.config import RewriteConfig
+from datajuicer_ray.config import ConfigError, RewriteConfig
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key that prints as ``***``: a traceback, a log line or Ray's record of a stage's arguments
+    never shows it."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "***"
+
+    def header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.value}"}
 
 
 def api_key(r: RewriteConfig) -> str | None:
@@ -31,10 +51,11 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def insecure_key_error(r: RewriteConfig) -> tuple[str, str] | None:
-    """(what is wrong, how to fix it) when the API key would travel unencrypted to another machine: plain
-    ``http://`` to a host that is not loopback, with ``rewrite.allow_insecure_http`` off; else None."""
-    if r.allow_insecure_http or not r.url or api_key(r) is None:
+def insecure_key_error(r: RewriteConfig, key: str | None = None) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) when the API key (``key``, else the one in the environment) would
+    travel unencrypted to another machine: plain ``http://`` to a host that is not loopback, with
+    ``rewrite.allow_insecure_http`` off; else None."""
+    if r.allow_insecure_http or not r.url or (key or api_key(r)) is None:
         return None
     parts = urlsplit(str(r.url))
     if parts.scheme.lower() != "http" or is_loopback(parts.hostname):
@@ -45,6 +66,19 @@ def insecure_key_error(r: RewriteConfig) -> tuple[str, str] | None:
         "use an https:// URL; or set rewrite.allow_insecure_http=true on a network you trust; or "
         "rewrite.api_key_env='' if the endpoint needs no key",
     )
+
+
+def checked_key(r: RewriteConfig, key: ApiKey | None = None) -> ApiKey | None:
+    """``key`` (else the environment's) if the rule lets it go to ``rewrite.url``; a ConfigError naming
+    ``rewrite.allow_insecure_http`` if not. The preflight refuses this first; the stage checks again where
+    the header is built, for callers without a preflight."""
+    if key is None:
+        value = api_key(r)
+        key = ApiKey(value) if value else None
+    insecure = insecure_key_error(r, key.value if key else None)
+    if insecure:
+        raise ConfigError(f"rewrite.allow_insecure_http: {insecure[0]}; {insecure[1]}")
+    return key
 
 
 def endpoint_error(r: RewriteConfig, timeout: float) -> tuple[str, str] | None:
