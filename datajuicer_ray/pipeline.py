@@ -19,7 +19,7 @@ import ray
 
 from datajuicer_ray import preflight
 from datajuicer_ray.config import ConfigError, CurateConfig, load_curate_config
-from datajuicer_ray.io import reader, schema, writer
+from datajuicer_ray.io import faults, reader, schema, writer
 from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.sample import write_sample
@@ -169,6 +169,7 @@ class FailureRate:
 
 def curate(cfg: CurateConfig) -> dict:
     """Run curation; returns the summary written to ``_summary.json``."""
+    retried_at_start = faults.retries()  # storage requests retried from here on count in the summary
     # Each table is opened once; the preflight, the plan and the commits share its handle (and its log).
     table = OutputTable(cfg.output.path)
     source = CuratedTable(str(cfg.input.path)) if cfg.rewrite.only else None
@@ -210,13 +211,14 @@ def curate(cfg: CurateConfig) -> dict:
     committer = writer.Committer(table, pending, expected, claim, run_id, out_schema, replacing)
     progress = Progress(total_files=len(pending), expected_rows=sum(v for v in expected.values() if v > 0))
     failures = FailureRate(cfg.output.max_failure_rate, cfg.output.failure_window)
-    t_stream = time.time()
+    t_stream, storage_retries = time.time(), 0
     try:
         for batch in build_dataset(ops, pending).iter_batches(batch_size=None, batch_format="pyarrow"):
             for meta in batch.to_pylist():
                 finished = committer.add(meta)
                 progress.update(len(meta["rows"]), finished)
                 failures.add(len(meta["rows"]), meta["transient"])
+                storage_retries += meta["storage_retries"]
             committer.flush()  # files completed by this batch: one commit
         committer.finish()
     finally:
@@ -227,22 +229,29 @@ def curate(cfg: CurateConfig) -> dict:
         table.write_json(f"_runs/{run_id}.json", record)
     elapsed = time.time() - t_stream
     summary = _refresh_summary(
-        table, rows=committer.rows_written, seconds=elapsed, files=len(committer.committed), t0=t0
+        table,
+        rows=committer.rows_written,
+        seconds=elapsed,
+        files=len(committer.committed),
+        t0=t0,
+        retries=storage_retries + faults.retries() - retried_at_start,  # the workers' and the driver's
     )
     print_summary(summary, cfg.output.path)
     return summary
 
 
 def _refresh_summary(
-    table: OutputTable, rows: int, seconds: float, files: int, t0: float | None = None
+    table: OutputTable, rows: int, seconds: float, files: int, t0: float | None = None, retries: int = 0
 ) -> dict:
-    """`_summary.json`: the whole table (every committed row), and this run's throughput."""
+    """`_summary.json`: the whole table (every committed row), and this run's throughput and storage
+    requests retried (throttled, reset, timed out: ``io/faults.py``)."""
     summary = table.summary()
     summary["images_per_s"] = round(rows / seconds, 3) if seconds > 0 else 0.0
     summary["this_run"] = {
         "rows": rows,
         "files": files,
         "seconds": round(time.time() - t0, 2) if t0 else 0.0,
+        "storage_retries": retries,
     }
     table.write_json("_summary.json", summary)
     return summary

@@ -28,6 +28,7 @@ READ_COLUMNS = (
     c.SOURCE_COL,
     c.ROW_COL,
     c.LAST_COL,
+    c.STORAGE_RETRIES_COL,
 )
 INTERNAL = (
     c.IMAGE_COL,
@@ -37,6 +38,7 @@ INTERNAL = (
     c.ROW_COL,
     c.LAST_COL,
     c.PIXELS_COL,
+    c.STORAGE_RETRIES_COL,
 )
 # What it produces from a curated table (rewrite.only): the table's own columns, less the text branch's
 # and the lineage, which this run writes anew (``reader.read_curated_file``), plus the internal ones.
@@ -51,6 +53,7 @@ CURATED_READ_COLUMNS = (
     c.SOURCE_COL,
     c.ROW_COL,
     c.LAST_COL,
+    c.STORAGE_RETRIES_COL,
 )
 
 
@@ -146,7 +149,7 @@ def operators(
                 c.SOURCE_COL,
                 c.ROW_COL,
             )
-            + (c.LAST_COL,)
+            + (c.LAST_COL, c.STORAGE_RETRIES_COL)
             + ((c.IMAGE_COL,) if image_column else ()),
             # Its rows become the table's columns (writer.to_output_table); what returns to the driver is
             # each data file's metadata (writer.META_SCHEMA).

@@ -18,14 +18,15 @@ import posixpath
 from collections import Counter
 from dataclasses import dataclass
 
-import fsspec
 import pyarrow.dataset as pads
 
 from datajuicer_ray.config import ColumnsConfig, ConfigError, CurateConfig, RewriteConfig, TrainConfig
-from datajuicer_ray.io import reader
-from datajuicer_ray.io.paths import GLOB_CHARS, comparable, glob_root, is_under, local_path, path_items
+from datajuicer_ray.io import reader, storage
+from datajuicer_ray.io.column_types import IMAGE_TYPES_FIX, caption_type_error, image_type_error
+from datajuicer_ray.io.curated import CuratedTable
+from datajuicer_ray.io.paths import comparable, glob_root, is_under, local_path, path_items, redact
 from datajuicer_ray.io.probe import Probe, kind_by_name, probe_files
-from datajuicer_ray.io.table import RUNS_DIR, SUMMARY_FILE, OutputTable
+from datajuicer_ray.io.table import OutputTable
 
 # Files whose footer / first members are read: enough to catch a wrong column or format in a corpus of
 # any size, in a second or two on object storage (the names of all selected files are checked).
@@ -62,15 +63,17 @@ def raise_if_any(problems: list[Problem]) -> None:
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def check_curate(cfg: CurateConfig) -> None:
-    raise_if_any(curate_problems(cfg))
+def check_curate(cfg: CurateConfig, table: OutputTable, source: CuratedTable | None = None) -> None:
+    """``table``: the output table; ``source``: the curated input table of ``rewrite.only``. Both are the
+    command's own handles: the preflight asks them, and the command goes on with the same logs."""
+    raise_if_any(curate_problems(cfg, table, source))
 
 
-def check_train(cfg: TrainConfig) -> None:
-    raise_if_any(train_problems(cfg))
+def check_train(cfg: TrainConfig, table: CuratedTable) -> None:
+    raise_if_any(train_problems(cfg, table))
 
 
-def check_inspect(table: str, out: str, sample_rows: int) -> None:
+def check_inspect(table: CuratedTable, out: str, sample_rows: int) -> None:
     raise_if_any(inspect_problems(table, out, sample_rows))
 
 
@@ -81,27 +84,29 @@ def check_submit(cfg: CurateConfig | TrainConfig) -> None:
     raise_if_any(relation_problems(cfg) if isinstance(cfg, CurateConfig) else [])
 
 
-def curate_problems(cfg: CurateConfig) -> list[Problem]:
+def curate_problems(
+    cfg: CurateConfig, table: OutputTable, source: CuratedTable | None = None
+) -> list[Problem]:
     problems = relation_problems(cfg)
     problems += writable_problems(cfg.output.path, "output.path", "folder")
-    problems += output_table_problems(cfg.output.path)
-    problems += input_problems(cfg)
+    problems += output_table_problems(table)
+    problems += input_problems(cfg, source)
     r = cfg.rewrite
     if r.enabled and r.backend == "http" and r.url:
         problems += endpoint_problems(r)
     return problems
 
 
-def train_problems(cfg: TrainConfig) -> list[Problem]:
-    problems = table_problems(cfg.data.path, "data.path", need_ok=True)
+def train_problems(cfg: TrainConfig, table: CuratedTable) -> list[Problem]:
+    problems = table_problems(table, "data.path", need_ok=True)
     return problems + writable_problems(cfg.run.storage_path, "run.storage_path", "folder")
 
 
-def inspect_problems(table: str, out: str, sample_rows: int) -> list[Problem]:
+def inspect_problems(table: CuratedTable, out: str, sample_rows: int) -> list[Problem]:
     few = [Problem("--sample", f"{sample_rows} is not a number of rows", "give 1 or more")] * (
         sample_rows < 1
     )
-    return few + table_problems(table, table, need_ok=False) + writable_problems(out, "--out", "file")
+    return few + table_problems(table, table.path, need_ok=False) + writable_problems(out, "--out", "file")
 
 
 def relation_problems(cfg: CurateConfig) -> list[Problem]:
@@ -155,34 +160,24 @@ def writable_problems(path: str, key: str, kind: str) -> list[Problem]:
     return []
 
 
-def output_table_problems(path: str) -> list[Problem]:
-    """The folder must be new, empty, or a table this tool wrote (``OutputTable.claim`` refuses the rest;
-    saying so here lists it with the other problems)."""
-    table = OutputTable(path)
+def output_table_problems(table: OutputTable) -> list[Problem]:
+    """The folder must be new, empty, or a table this tool wrote: the table's own refusal
+    (:meth:`OutputTable.refusal`, which ``claim`` raises), listed here with the other problems."""
     try:
-        exists = table.exists()
-        foreign_delta = exists and table.generation() is None
-    except Exception:  # noqa: BLE001 - an unreadable log is for claim() to judge and name
+        refusal = table.refusal()
+    except Exception:  # noqa: BLE001 - an unreadable log or folder is for claim() to judge and name
         return []
-    local = local_path(path)
-    held = [] if exists or local is None or not local.is_dir() else sorted(p.name for p in local.iterdir())
-    held = [n for n in held if n not in (RUNS_DIR, SUMMARY_FILE, "_delta_log")]
-    if foreign_delta:
-        what = f"{path} is a Delta table that datajuicer_ray did not create"
-        fix = "choose another output.path (overwrite only ever replaces a table this tool wrote)"
-    elif held:
-        what = f"{path} is not empty and not a curated table (it holds {_names(held, 1)})"
-        fix = "choose a new or empty folder"
-    else:
+    if refusal is None:
         return []
+    what, _, fix = refusal.partition("; ")
     return [Problem("output.path", what, fix)]
 
 
-def table_problems(path: str, key: str, need_ok: bool) -> list[Problem]:
+def table_problems(table: OutputTable, key: str, need_ok: bool) -> list[Problem]:
     """A curated table with committed rows (and, for training, rows with status ``ok``), read through the
     log (``OutputTable.dataset``): only committed rows are data."""
+    path = table.path
     place = "" if key == path else f" in {path}"
-    table = OutputTable(path)
     fix = "give the output.path of a `datajuicer-ray curate` run"
     try:
         if not table.exists():
@@ -212,16 +207,18 @@ def table_problems(path: str, key: str, need_ok: bool) -> list[Problem]:
 # ---------------------------------------------------------------------------------------------- input
 
 
-def input_problems(cfg: CurateConfig) -> list[Problem]:
+def input_problems(cfg: CurateConfig, source: CuratedTable | None = None) -> list[Problem]:
     i = cfg.input
     if i.format == "sample":
         return [] if i.path is None else [_path_beside_sample(i.path)]
     if cfg.rewrite.only:  # the input is a curated table
-        return table_problems(str(i.path), "input.path", need_ok=False)
+        return table_problems(source or CuratedTable(str(i.path)), "input.path", need_ok=False)
     try:  # the files the run will plan, exactly as it plans them
         files = reader.plan_inputs(i)
     except FileNotFoundError:  # a path that is missing or gives no data file: say which, and what is there
         return missing_problems(i.path, i.format)
+    except storage.StorageConfigError as err:  # an endpoint not allowed, credentials in the URL
+        return [Problem(err.setting or "input.path", err.what, err.fix)]
     except Exception as err:  # noqa: BLE001 - a listing that fails (credentials, a bad URL)
         return [_unlistable(i.path, err)]
     if not files:
@@ -246,15 +243,9 @@ def missing_problems(spec: object, fmt: str) -> list[Problem]:
     suffix = ".parquet" if fmt == "parquet" else ".tar"
     for item in path_items(spec):
         try:
-            fs, root = fsspec.core.url_to_fs(item)
-            if any(c in root for c in GLOB_CHARS):
-                there = [posixpath.basename(m) for m in fs.glob(root)]
-            elif fs.isdir(root):
-                there = [posixpath.basename(m) for m in fs.ls(root, detail=False)]
-            elif fs.exists(root):
-                there = [posixpath.basename(root)]  # a file the planner skips (a _ or . name)
-            else:
-                problems.append(Problem("input.path", f"{item!r} does not exist", "check the path"))
+            there = storage.listing(item)  # a lone file listed here is one the planner skips (_ or .)
+            if there is None:
+                problems.append(Problem("input.path", f"{redact(item)!r} does not exist", "check the path"))
                 continue
             if reader.expand_paths(item, fmt):
                 continue
@@ -263,7 +254,9 @@ def missing_problems(spec: object, fmt: str) -> list[Problem]:
             continue
         held = f"only {_names(there)}" if there else "nothing"
         problems.append(
-            Problem("input.path", f"{item!r} matches no {suffix} file ({held})", _format_fix(there, fmt))
+            Problem(
+                "input.path", f"{redact(item)!r} matches no {suffix} file ({held})", _format_fix(there, fmt)
+            )
         )
     return problems
 
@@ -278,7 +271,12 @@ def _path_beside_sample(path: object) -> Problem:
 
 
 def _unlistable(spec: object, err: BaseException) -> Problem:
-    return Problem("input.path", f"cannot list {spec!r} ({_short(err)})", "check the path and credentials")
+    shown = [redact(p) for p in path_items(spec)]
+    return Problem(
+        "input.path",
+        f"cannot list {(shown[0] if len(shown) == 1 else shown)!r} ({_short(err)})",
+        "check the path and credentials",
+    )
 
 
 def _format_fix(names: list[str], fmt: str) -> str:
@@ -325,6 +323,7 @@ def kind_problems(paths: list[str], probes: list[Probe], fmt: str) -> list[Probl
 
 
 IMAGE_FIX = "set input.columns.image=<the column of encoded image bytes>"
+IMAGE_TYPE_FIX = f"set input.columns.image to {IMAGE_TYPES_FIX}"
 CAPTION_FIX = (
     "set input.columns.caption=<the caption column> (LAION: TEXT, DataComp: text), or "
     "input.columns.caption=null for an input without captions"
@@ -366,6 +365,25 @@ def column_problems(probes: list[Probe], cols: ColumnsConfig, fmt: str) -> list[
         if len(bad) > 1:
             what += f", nor in {len(bad) - 1} more of the {len(read)} files read"
         problems.append(Problem(key, what, fix))
+    return problems + type_problems(read, cols)
+
+
+def type_problems(probes: list[Probe], cols: ColumnsConfig) -> list[Problem]:
+    """An image or caption column of a type the reader cannot take (a URL column as the image, a list of
+    captions) would make every row a read_error: refused now, one line naming the column, its type and
+    the fix. A Hugging Face image column (struct<bytes, path>) is taken as the image."""
+    problems = []
+    for key, name, error, fix in (
+        ("input.columns.image", cols.image, image_type_error, IMAGE_TYPE_FIX),
+        ("input.columns.caption", cols.caption, caption_type_error, CAPTION_FIX),
+    ):
+        bad = [(p, p.types[name]) for p in probes if name in p.types and error(p.types[name])]
+        if bad:
+            p, t = bad[0]
+            what = f"column {name!r} of {redact(p.path)} is {t}: {error(t)}"
+            if len(bad) > 1:
+                what += f", and so in {len(bad) - 1} more of the {len(probes)} files read"
+            problems.append(Problem(key, what, fix))
     return problems
 
 

@@ -120,3 +120,72 @@ def test_a_read_task_builds_the_sample_where_the_driver_built_it_elsewhere(tmp_p
     batch = {k: [item[k] for item in items] for k in items[0]}
     rows = sum(t.num_rows for t in FileReader(cfg)(batch))
     assert sample_path(3).exists() and rows == pq.read_metadata(sample_path(3)).num_rows >= 3
+
+
+def test_a_hugging_face_export_reads_its_image_struct_as_the_image(tmp_path):
+    from tests.support.exports import hf_image_parquet
+
+    path = hf_image_parquet(tmp_path / "train-00000.parquet", 5)
+    t = read_all(path, columns=ColumnsConfig(image="image", caption="text"))
+    assert t.column(IMAGE_COL).to_pylist() == [photo(i) for i in range(5)]
+    assert t.column("caption").to_pylist()[2] == "an exported photo 2"
+    assert t.column(UPSTREAM_STATUS_COL).to_pylist() == [None] * 5
+
+
+def test_an_unreadable_column_type_or_a_vanished_or_corrupt_file_is_a_read_error_saying_why(tmp_path):
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["https://example.org/1.jpg"], "caption": ["c"]}), urls)
+    (row,) = read_all(urls, columns=ColumnsConfig(image="url")).to_pylist()
+    assert row[UPSTREAM_STATUS_COL] == READ_ERROR
+    assert "input.columns.image: column 'url' is string" in row["_upstream_error"]
+
+    gone = img2dataset_parquet(tmp_path / "gone.parquet", 3)
+    f = InputFile(str(gone), file_id_for(str(gone)), "parquet")
+    gone.unlink()  # listed, then deleted before its read task ran
+    (row,) = pa.concat_tables(read_file(f, ColumnsConfig(), 4)).to_pylist()
+    assert row[UPSTREAM_STATUS_COL] == READ_ERROR and "FileNotFoundError" in row["_upstream_error"]
+
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
+    (row,) = read_all(corrupt).to_pylist()
+    assert row[UPSTREAM_STATUS_COL] == READ_ERROR and row[LAST_COL] is True
+
+
+def test_listing_skips_hidden_folders_and_globs_cross_folders_only_with_double_stars(tmp_path):
+    for name in ("a/00000.parquet", "a/b/00001.parquet", "_temporary/0/00002.parquet", "a/.cache/x.parquet"):
+        img2dataset_parquet(tmp_path / name, 1)
+    names = lambda spec: sorted(f.path[len(str(tmp_path)) + 1 :] for f in plan_inputs(InputConfig(path=spec)))  # noqa: E731
+    assert names(str(tmp_path)) == ["a/00000.parquet", "a/b/00001.parquet"]
+    assert names(f"{tmp_path}/*/*.parquet") == ["a/00000.parquet"]
+    assert names(f"{tmp_path}/**/*.parquet") == ["a/00000.parquet", "a/b/00001.parquet"]
+    assert names(f"file://{tmp_path}/a") == ["a/00000.parquet", "a/b/00001.parquet"]
+
+
+@pytest.mark.parametrize(
+    ("text", "transient"),
+    [
+        ("AWS Error SLOW_DOWN during ListObjectsV2 operation: Please reduce your request rate.", True),
+        ("AWS Error SERVICE_UNAVAILABLE during GetObject operation: ", True),
+        ("AWS Error INTERNAL_FAILURE during GetObject operation: We encountered an internal error.", True),
+        (
+            "AWS Error UNKNOWN (HTTP status 429) during GetObject operation: Unable to parse ExceptionName",
+            True,
+        ),
+        ("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 28, Timeout was reached", True),
+        (
+            "AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, Connection reset by peer",
+            True,
+        ),
+        ("google::cloud::Status(UNAVAILABLE: connection closed)", True),
+        ("AWS Error ACCESS_DENIED during HeadObject operation: No response body.", False),
+        ("When reading information for key 'laion/00503.parquet': AWS Error ACCESS_DENIED", False),
+        (
+            "AWS Error NO_SUCH_BUCKET during ListObjectsV2 operation: The specified bucket does not exist",
+            False,
+        ),
+    ],
+)
+def test_transient_and_permanent_storage_faults_are_told_apart(text, transient):
+    from datajuicer_ray.io.faults import is_transient_io
+
+    assert is_transient_io(OSError(text)) is transient

@@ -10,21 +10,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-import fsspec
-import pyarrow as pa
 import pyarrow.fs as pafs
 
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow's filesystem for a local path or URL, and the path on it (no trailing slash)."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), posixpath.abspath(uri).rstrip("/")
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, ValueError):  # a scheme only fsspec knows (hf://, abfs:// via adlfs, ...)
-        fsspec_fs, path = fsspec.core.url_to_fs(uri)
-        fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
-    return fs, path.rstrip("/")
+# One way to reach storage for the table and the inputs alike (S3 endpoints, credentials, retries).
+from datajuicer_ray.io.storage import filesystem
 
 
 def table_uri(path: str) -> str:

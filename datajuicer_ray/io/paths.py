@@ -33,6 +33,30 @@ def comparable(path: str) -> str:
     return f"{scheme}://{posixpath.normpath(rest)}"
 
 
+def _authority(path: str) -> tuple[str, str, str] | None:
+    """``(scheme, authority, rest)`` of a URL, None for a local path."""
+    if "://" not in path:
+        return None
+    scheme, rest = path.split("://", 1)
+    authority, sep, tail = rest.partition("/")
+    return scheme, authority, sep + tail
+
+
+def credentials_in(path: str) -> bool:
+    """A URL with a user (and maybe a secret) before its bucket: ``s3://KEY:SECRET@bucket/...``."""
+    parts = _authority(path)
+    return parts is not None and "@" in parts[1]
+
+
+def redact(path: str) -> str:
+    """``path`` fit for a message, a log line or a record: without the credentials a URL may carry."""
+    parts = _authority(path)
+    if parts is None or "@" not in parts[1]:
+        return path
+    scheme, authority, rest = parts
+    return f"{scheme}://<credentials>@{authority.rsplit('@', 1)[1]}{rest}"
+
+
 def glob_root(path: str) -> str:
     """The folder a glob searches under (the path itself when it has no wildcard)."""
     parts = path.split("/")

@@ -16,10 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
 
-import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datajuicer_ray.io import storage
 from datajuicer_ray.io.faults import is_transient_io
+
+# Bytes per request for a tar shard's first sample: a few images and their text, not READ_BLOCK.
+SAMPLE_BLOCK = 1 << 20
 
 PROBE_THREADS = 16
 # Members of one sample looked at, at most: a shard's first sample has a handful.
@@ -43,6 +47,7 @@ class Probe:
     path: str
     kind: str | None = None  # parquet | webdataset | compressed | other | empty; None: not read (transient)
     columns: list[str] | None = None  # Parquet columns, or the first sample's member extensions
+    types: dict[str, pa.DataType] = field(default_factory=dict)  # Parquet column types
     meta: set[str] = field(default_factory=set)  # keys of the first sample's .json
 
 
@@ -67,13 +72,17 @@ def sniff(head: bytes) -> str:
 def probe_file(path: str, fmt: str) -> Probe:
     probe = Probe(path)
     try:
-        with fsspec.open(path, "rb") as fh:
-            probe.kind = sniff(fh.read(512))
-            fh.seek(0)
-            if fmt == "parquet" and probe.kind == "parquet":
-                probe.columns = list(pq.ParquetFile(fh).schema_arrow.names)
-            elif fmt == "webdataset" and probe.kind in ("webdataset", "compressed"):
-                first_sample(fh, probe)
+        if fmt == "parquet":  # by ranges: the first bytes, then the footer only
+            with storage.open_random_access(path) as fh:
+                probe.kind = sniff(fh.read(512))
+                if probe.kind == "parquet":
+                    arrow = pq.ParquetFile(fh).schema_arrow
+                    probe.columns, probe.types = list(arrow.names), {f.name: f.type for f in arrow}
+        else:  # a stream: the first sample only
+            with storage.open_stream(path, SAMPLE_BLOCK) as fh:
+                probe.kind = sniff(fh.peek(512)[:512])
+                if probe.kind in ("webdataset", "compressed"):
+                    first_sample(fh, probe)
     except Exception as err:  # noqa: BLE001 - see the module's docstring
         if is_transient_io(err):
             return Probe(path)

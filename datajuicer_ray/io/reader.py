@@ -19,18 +19,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from datajuicer_ray.config import ColumnsConfig, InputConfig, parse_shard
-from datajuicer_ray.io import schema
-from datajuicer_ray.io.faults import is_transient_io, storage_retrying
+from datajuicer_ray.io import columns, faults, schema, storage
+from datajuicer_ray.io.column_types import caption_type_error, image_type_error, image_values
+from datajuicer_ray.io.faults import is_transient_io
+from datajuicer_ray.io.paths import path_items, redact
 
-IMAGE_COL = "_image"
-UPSTREAM_STATUS_COL = "_upstream_status"
-UPSTREAM_ERROR_COL = "_upstream_error"
-LAST_COL = "_last"
+IMAGE_COL = columns.IMAGE_COL
+UPSTREAM_STATUS_COL = columns.UPSTREAM_STATUS_COL
+UPSTREAM_ERROR_COL = columns.UPSTREAM_ERROR_COL
+LAST_COL = columns.LAST_COL
+RETRIES_COL = columns.STORAGE_RETRIES_COL
 
 READ_ERROR = schema.READ_ERROR
 
@@ -47,13 +48,14 @@ INTERNAL_SCHEMA = pa.schema(
         (schema.SOURCE_COL, pa.string()),
         (schema.ROW_COL, pa.int64()),
         (LAST_COL, pa.bool_()),
+        (RETRIES_COL, pa.int32()),
     ]
 )
 
 
 @dataclass(frozen=True)
 class InputFile:
-    path: str  # as fsspec opens it (URL for remote filesystems)
+    path: str  # as storage.filesystem opens it (a URL for object storage, a path for local files)
     file_id: str  # deterministic, filesystem-safe: names the output parts and the manifest entry
     format: str  # parquet | webdataset
 
@@ -67,26 +69,10 @@ def file_id_for(path: str) -> str:
 
 
 def expand_paths(spec: str | list[str], fmt: str) -> list[str]:
-    """Paths, globs and directories (any fsspec filesystem) -> sorted unique data files."""
+    """Paths, globs and folders (local or object storage, ``io/storage.py``) -> sorted unique data files;
+    one paged listing per item, no request per object."""
     suffix = ".parquet" if fmt == "parquet" else ".tar"
-    found: set[str] = set()
-    for item in [spec] if isinstance(spec, str) else list(spec):
-        fs, root = fsspec.core.url_to_fs(item)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        if any(ch in root for ch in "*?["):
-            matches = fs.glob(root)
-        elif fs.isdir(root):
-            matches = [p for p in fs.find(root) if p.endswith(suffix)]
-        elif fs.exists(root):
-            matches = [root]
-        else:
-            raise FileNotFoundError(f"input.path: {item!r} does not exist")
-        for m in matches:
-            name = posixpath.basename(m)
-            if name.startswith(("_", ".")) or not fs.isfile(m):
-                continue
-            found.add(m if protocol in ("file", "local") else f"{protocol}://{m}")
-    return sorted(found)
+    return sorted({uri for item in path_items(spec) for uri in storage.list_files(item, suffix)})
 
 
 def plan_inputs(cfg: InputConfig) -> list[InputFile]:
@@ -111,8 +97,8 @@ def count_rows(files: list[InputFile]) -> dict[str, int]:
         if f.format != "parquet":
             return f.file_id, -1
         try:
-            with fsspec.open(f.path, "rb") as fh:
-                return f.file_id, pq.ParquetFile(fh).metadata.num_rows
+            with storage.open_parquet(f.path) as pf:
+                return f.file_id, pf.metadata.num_rows
         except Exception:  # noqa: BLE001 - an unreadable file is reported by its read task
             return f.file_id, -1
 
@@ -124,7 +110,9 @@ def count_rows(files: list[InputFile]) -> dict[str, int]:
 # reading one file
 
 
-def _rows_table(rows: dict[str, list], file_id: str, start: int, last: bool) -> pa.Table:
+def _rows_table(rows: dict[str, list], file_id: str, start: int, last: bool, retried: int = 0) -> pa.Table:
+    """One block in the internal layout; ``retried``: storage requests retried to read it (on its first
+    row, so that the writer's sum over any slice of rows counts each retry once)."""
     n = len(rows["caption"])
     keys = [k if k not in (None, "") else f"{file_id}:{start + i}" for i, k in enumerate(rows["key"])]
     cols = {
@@ -136,6 +124,7 @@ def _rows_table(rows: dict[str, list], file_id: str, start: int, last: bool) -> 
         schema.SOURCE_COL: [file_id] * n,
         schema.ROW_COL: list(range(start, start + n)),
         LAST_COL: [last and i == n - 1 for i in range(n)],
+        RETRIES_COL: [retried if i == 0 else 0 for i in range(n)],
     }
     return pa.Table.from_pydict(cols, schema=INTERNAL_SCHEMA)
 
@@ -152,20 +141,34 @@ def _pick(table: pa.Table, name: str, n: int) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [None] * n
 
 
+def _checked_columns(schema_: pa.Schema, cols: ColumnsConfig) -> list[str]:
+    """The columns to read from a Parquet file; a missing or unreadable image or caption column raises
+    (the file becomes a read_error row saying which, the preflight having looked at a sample only)."""
+    names = set(schema_.names)
+    if cols.image not in names:
+        raise KeyError(f"image column {cols.image!r} not in {sorted(names)} (set input.columns.image)")
+    for key, name, error in (
+        ("input.columns.image", cols.image, image_type_error),
+        ("input.columns.caption", cols.caption, caption_type_error),
+    ):
+        why = error(schema_.field(name).type) if name in names else None
+        if why:
+            raise TypeError(f"{key}: column {name!r} is {schema_.field(name).type}: {why}")
+    return sorted({c for c in (cols.key, cols.caption, cols.image, cols.status, cols.error) if c in names})
+
+
 def _parquet_blocks(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Iterator[dict[str, list]]:
-    with fsspec.open(f.path, "rb") as fh:
-        pf = pq.ParquetFile(fh)
-        names = set(pf.schema_arrow.names)
-        if cols.image not in names:
-            raise KeyError(f"image column {cols.image!r} not in {sorted(names)} (set input.columns.image)")
-        wanted = [c for c in (cols.key, cols.caption, cols.image, cols.status, cols.error) if c in names]
-        for batch in pf.iter_batches(batch_size=rows_per_block, columns=sorted(set(wanted))):
+    """Streams by ranges (``storage.open_parquet``): the footer, then the wanted columns block by block,
+    whatever the row groups' size."""
+    with storage.open_parquet(f.path) as pf:
+        wanted = _checked_columns(pf.schema_arrow, cols)
+        for batch in pf.iter_batches(batch_size=rows_per_block, columns=wanted):
             t = pa.Table.from_batches([batch])
             n = t.num_rows
             yield {
                 "key": [_as_str(k) for k in _pick(t, cols.key, n)],
                 "caption": [_as_str(c) for c in _pick(t, cols.caption, n)],
-                "image": _pick(t, cols.image, n),
+                "image": image_values(t, cols.image, n),
                 "status": [_as_str(s) for s in _pick(t, cols.status, n)],
                 "error": [_as_str(e) for e in _pick(t, cols.error, n)],
             }
@@ -174,7 +177,7 @@ def _parquet_blocks(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> I
 def _wds_samples(f: InputFile, cols: ColumnsConfig) -> Iterator[dict]:
     """Group tar members by key (the basename up to its first dot), in archive order."""
     current: dict | None = None
-    with fsspec.open(f.path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+    with storage.open_stream(f.path) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -231,65 +234,65 @@ def _wds_blocks(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Itera
         yield block
 
 
-def _skip_rows(blocks: Iterator[dict[str, list]], n: int) -> Iterator[dict[str, list]]:
-    """Drop the first ``n`` rows of a block stream (resuming a file after a transient fault)."""
-    for block in blocks:
-        size = len(block["key"])
-        if n >= size:
-            n -= size
-            continue
-        yield {k: v[n:] for k, v in block.items()} if n else block
-        n = 0
-
-
 def _blocks(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Iterator[dict[str, list]]:
     if f.format == "parquet":
         return _parquet_blocks(f, cols, rows_per_block)
     return _wds_blocks(f, cols, rows_per_block)
 
 
+class _RetryMeter:
+    """Storage retries of this process since the last look (a read task runs alone in its worker)."""
+
+    def __init__(self) -> None:
+        self.seen = faults.retries()
+
+    def take(self) -> int:
+        now = faults.retries()
+        taken, self.seen = now - self.seen, now
+        return taken
+
+
 def read_file(f: InputFile, cols: ColumnsConfig, rows_per_block: int) -> Iterator[pa.Table]:
     """Stream one input file as internal-layout tables; the last row is marked.
 
-    A transient storage fault (a reset connection, a throttle) is retried with backoff, resuming after
-    the rows already read; if it outlasts the retries the error goes up, so the task fails and the file
-    stays uncommitted for a re-run: a passing fault is never a row's fate. A file that cannot be read
-    (corrupt, missing column, breaks off) ends in one ``read_error`` row that says why, and the rows
+    Every storage request is retried alone when it meets a transient fault (a throttle, a reset, a
+    timeout: ``io/storage.py``), and the retries are counted on the rows; a fault that outlasts the
+    retries goes up, so the task fails and the file stays uncommitted for a re-run: a passing fault is
+    never a row's fate. A file that cannot be read (gone since the listing, denied, corrupt, a missing or
+    unreadable column, a shard that breaks off) ends in one ``read_error`` row that says why, and the rows
     read before it are kept.
     """
-    start, pending = 0, None
+    start, pending, meter = 0, None, _RetryMeter()
+    pending_retries = 0
     try:
-        for attempt in storage_retrying():
-            with attempt:
-                consumed = start + (len(pending["key"]) if pending is not None else 0)
-                for block in _skip_rows(_blocks(f, cols, rows_per_block), consumed):
-                    if pending is not None:  # one block of look-ahead, so the last row can be marked
-                        yield _rows_table(pending, f.file_id, start, last=False)
-                        start += len(pending["key"])
-                    pending = block
+        for block in _blocks(f, cols, rows_per_block):
+            if pending is not None:  # one block of look-ahead, so the last row can be marked
+                yield _rows_table(pending, f.file_id, start, last=False, retried=pending_retries)
+                start += len(pending["key"])
+            pending, pending_retries = block, meter.take()
     except Exception as err:
         if is_transient_io(err):
             raise  # outlasted the retries: fail the task, leave the file uncommitted
         if pending is not None:
-            yield _rows_table(pending, f.file_id, start, last=False)
+            yield _rows_table(pending, f.file_id, start, last=False, retried=pending_retries)
             start += len(pending["key"])
         error_row = {
             "key": [f"{f.file_id}:{start}"],
             "caption": [None],
             "image": [None],
             "status": [READ_ERROR],
-            "error": [f"{f.path}: {type(err).__name__}: {err}"],
+            "error": [f"{redact(f.path)}: {type(err).__name__}: {err}"],
         }
-        yield _rows_table(error_row, f.file_id, start, last=True)
+        yield _rows_table(error_row, f.file_id, start, last=True, retried=meter.take())
         return
     if pending is not None:
-        yield _rows_table(pending, f.file_id, start, last=True)
+        yield _rows_table(pending, f.file_id, start, last=True, retried=pending_retries)
 
 
 def read_curated_file(f: InputFile, image_column: str | None, rows_per_block: int) -> Iterator[pa.Table]:
     """A part of a curated folder (for rewrite.only): contract columns as they are, plus the internal ones."""
-    with fsspec.open(f.path, "rb") as fh:
-        pf = pq.ParquetFile(fh)
+    meter = _RetryMeter()
+    with storage.open_parquet(f.path) as pf:
         total, start = pf.metadata.num_rows, 0
         for batch in pf.iter_batches(batch_size=rows_per_block):
             # The text branch's columns and the lineage are written anew by this run.
@@ -301,6 +304,10 @@ def read_curated_file(f: InputFile, image_column: str | None, rows_per_block: in
             t = t.append_column(schema.SOURCE_COL, pa.array([f.file_id] * n, pa.string()))
             t = t.append_column(schema.ROW_COL, pa.array(range(start, start + n), pa.int64()))
             t = t.append_column(LAST_COL, pa.array([start + i == total - 1 for i in range(n)], pa.bool_()))
+            retried = meter.take()
+            t = t.append_column(
+                RETRIES_COL, pa.array([retried if i == 0 else 0 for i in range(n)], pa.int32())
+            )
             start += n
             yield t
 

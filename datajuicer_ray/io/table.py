@@ -46,6 +46,7 @@ from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Tra
 
 from datajuicer_ray.io.faults import storage_retrying
 from datajuicer_ray.io.location import Location
+from datajuicer_ray.io.storage import delta_options
 
 RUNS_DIR = "_runs"
 SUMMARY_FILE = "_summary.json"
@@ -125,7 +126,7 @@ class OutputTable:
         log entries: without it every commit would replay the whole log."""
         if self._dt is None:
             try:
-                self._dt = DeltaTable(self.uri)
+                self._dt = DeltaTable(self.uri, storage_options=delta_options(self.uri))
             except TableNotFoundError:
                 return None
         elif refresh:
@@ -180,6 +181,7 @@ class OutputTable:
                 mode=mode,  # type: ignore[arg-type]
                 schema_mode="overwrite" if mode == "overwrite" else None,
                 commit_properties=markers,
+                storage_options=delta_options(self.uri),
             )
         except CommitFailedError:
             return False  # someone else moved the markers first; the caller looks again

@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from datajuicer_ray.io import schema
+from datajuicer_ray.io import columns as c
+from datajuicer_ray.io import faults, schema
 from datajuicer_ray.io.faults import hold_for_drill, storage_retrying
 from datajuicer_ray.io.location import Location
-from datajuicer_ray.io.reader import IMAGE_COL, LAST_COL, InputFile
+from datajuicer_ray.io.reader import RETRIES_COL, InputFile
 from datajuicer_ray.io.table import Claim, DataFile, InputCommit, OutputTable
 
 # ----------------------------------------------------------------------------------------------
@@ -39,26 +40,28 @@ def to_output_table(batch: pa.Table, image_column: str | None, source_uri: str) 
     mean rewriting is off; missing vision columns mean the vision branch did not run."""
     n = batch.num_rows
     names = set(batch.column_names)
-    cols: dict[str, pa.Array | pa.ChunkedArray] = {"key": batch.column("key")}
-    if image_column:
-        cols[image_column] = batch.column(IMAGE_COL) if IMAGE_COL in names else pa.nulls(n, pa.binary())
-    cols["caption"] = batch.column("caption")
-    if "rewrite_status" in names:
-        cols["caption_rewritten"] = batch.column("caption_rewritten")
-        cols["rewrite_status"] = batch.column("rewrite_status")
-    else:
-        cols["caption_rewritten"] = pa.nulls(n, pa.string())
-        cols["rewrite_status"] = pa.array([schema.REWRITE_DISABLED] * n, pa.string())
-    cols["rewrite_candidate"] = (
-        batch.column("rewrite_candidate") if "rewrite_candidate" in names else pa.nulls(n, pa.string())
-    )
     out_schema = schema.output_schema(image_column)
-    for name in schema.VISION_COLUMNS:
-        cols[name] = batch.column(name) if name in names else pa.nulls(n, out_schema.field(name).type)
-    cols["status"] = batch.column("status")
-    cols["error"] = batch.column("error")
-    cols["source_file"] = pa.array([source_uri] * n, pa.string())
-    cols["source_row"] = batch.column(schema.ROW_COL)
+
+    def given_or_null(name: str) -> pa.Array | pa.ChunkedArray:
+        return batch.column(name) if name in names else pa.nulls(n, out_schema.field(name).type)
+
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {c.KEY: batch.column(c.KEY)}
+    if image_column:
+        cols[image_column] = batch.column(c.IMAGE_COL) if c.IMAGE_COL in names else pa.nulls(n, pa.binary())
+    cols[c.CAPTION] = batch.column(c.CAPTION)
+    if c.REWRITE_STATUS in names:
+        cols[c.CAPTION_REWRITTEN] = batch.column(c.CAPTION_REWRITTEN)
+        cols[c.REWRITE_STATUS] = batch.column(c.REWRITE_STATUS)
+    else:
+        cols[c.CAPTION_REWRITTEN] = pa.nulls(n, pa.string())
+        cols[c.REWRITE_STATUS] = pa.array([schema.REWRITE_DISABLED] * n, pa.string())
+    cols[c.REWRITE_CANDIDATE] = given_or_null(c.REWRITE_CANDIDATE)
+    for name in c.VISION_COLUMNS:
+        cols[name] = given_or_null(name)
+    cols[c.STATUS] = batch.column(c.STATUS)
+    cols[c.ERROR] = batch.column(c.ERROR)
+    cols[c.SOURCE_FILE] = pa.array([source_uri] * n, pa.string())
+    cols[c.SOURCE_ROW] = batch.column(c.ROW_COL)
     return pa.Table.from_pydict(cols).cast(out_schema)
 
 
@@ -100,6 +103,7 @@ META_SCHEMA = pa.schema(
         ("last_row", pa.int64()),
         ("transient", pa.int64()),  # rows whose status a system fault set (the failure-rate limit)
         ("stats", pa.string()),
+        ("storage_retries", pa.int64()),  # requests retried to read these rows and write this file
     ]
 )
 
@@ -114,15 +118,16 @@ class DataFileWriter:
         self.uris = uris  # input file id -> full URI
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        sources = batch.column(schema.SOURCE_COL)
+        sources = batch.column(c.SOURCE_COL)
         meta: dict[str, list] = {f.name: [] for f in META_SCHEMA}
         for file_id in dict.fromkeys(sources.to_pylist()):
             group = batch.filter(pc.equal(sources, file_id))
-            rows = group.column(schema.ROW_COL).to_pylist()
-            last = [r for r, is_last in zip(rows, group.column(LAST_COL).to_pylist()) if is_last]
+            rows = group.column(c.ROW_COL).to_pylist()
+            last = [r for r, is_last in zip(rows, group.column(c.LAST_COL).to_pylist()) if is_last]
             uri = self.uris[file_id]
             out = to_output_table(group, self.image_column, uri)
             name = data_file_name(self.run_id, uri, min(rows))
+            retried = faults.retries()
             meta["file_id"].append(file_id)
             meta["name"].append(name)
             meta["size"].append(write_data_file(self.location, name, out))
@@ -130,6 +135,8 @@ class DataFileWriter:
             meta["last_row"].append(last[0] if last else -1)
             meta["transient"].append(_transient_rows(out))
             meta["stats"].append(delta_stats(out, uri))
+            read = pc.sum(group.column(RETRIES_COL)).as_py() if RETRIES_COL in group.column_names else 0
+            meta["storage_retries"].append((read or 0) + faults.retries() - retried)
         return pa.Table.from_pydict(meta, schema=META_SCHEMA)
 
 
@@ -217,8 +224,8 @@ class Committer:
         location = self.table.location
         with location.fs.open_input_file(location.path(name)) as fh:
             table = pq.read_table(fh).take(pa.array(keep))
-        uri = table.column("source_file")[0].as_py()
-        new = data_file_name(self.run_id, uri, int(pc.min(table.column("source_row")).as_py()))
+        uri = table.column(c.SOURCE_FILE)[0].as_py()
+        new = data_file_name(self.run_id, uri, int(pc.min(table.column(c.SOURCE_ROW)).as_py()))
         return new, write_data_file(location, new, table), delta_stats(table, uri)
 
     def _commit_for(self, file_id: str) -> InputCommit:
@@ -243,14 +250,14 @@ class Committer:
             hold_for_drill("hold_second_commit")
         commits = {fid: self._commit_for(fid) for fid in self.ready}
         self.ready = []
-        landed = {c.app_id for c in self.table.commit(list(commits.values()), self.schema, self.run_id)}
+        landed = {done.app_id for done in self.table.commit(list(commits.values()), self.schema, self.run_id)}
         now = []
-        for fid, c in commits.items():
-            if c.app_id in landed:
+        for fid, commit in commits.items():
+            if commit.app_id in landed:
                 now.append(fid)
             else:  # another driver on the same slice committed it first: ours are orphans
                 self.skipped.append(fid)
-                self.orphans += [f.name for f in c.files]
+                self.orphans += [f.name for f in commit.files]
         self.committed += now
         for fid in commits:
             self.closed.add(fid)

@@ -10,10 +10,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datajuicer_ray.io import storage
 from datajuicer_ray.io.curated import CuratedTable
 
 # Footers read to plan a sample: enough to spread it over many files, few enough to take seconds on S3.
@@ -42,8 +42,7 @@ class GroupPlan:
 
 
 def _open(path: str) -> pq.ParquetFile:
-    fs, p = fsspec.core.url_to_fs(path)
-    return pq.ParquetFile(fs.open(p, "rb"))
+    return storage.open_parquet(path)  # by ranges, each request retried (local, S3, GCS alike)
 
 
 def plan(table: CuratedTable, rng: random.Random, max_files: int = MAX_FILES) -> GroupPlan:

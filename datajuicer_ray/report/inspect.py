@@ -13,10 +13,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 from markupsafe import Markup, escape
 
+from datajuicer_ray.io import storage
 from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.io.schema import OK
 from datajuicer_ray.report import html as page
@@ -173,11 +173,11 @@ def inspect_from_cli(output_dir: str, sample: int, out: str, seed: int) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {output_dir}: {err}", file=sys.stderr)
         return 2
-    fs, path = fsspec.core.url_to_fs(out)
+    fs, path = storage.filesystem(out)  # the report may go to object storage too
     parent = os.path.dirname(path)
     if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as fh:
+        fh.write(text.encode("utf-8"))
     print(f"wrote {out} ({len(text.encode()) / 1e6:.1f} MB, {sample} rows asked)")
     return 0
