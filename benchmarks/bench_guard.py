@@ -2,9 +2,10 @@
 
 ``tests/data/guard_cases.jsonl`` holds caption / objects / rewrite cases, each labelled ``accept`` or
 ``reject`` with the reason a careful reader would give and a category (faithful: grammar, inflection,
-synonym_hypernym, reorder, objects, light_verb, multilingual_facts, framing; unfaithful: invented, count,
-colour_attribute, negation, relation, dropped_objects; injection_* (English, 18 other languages, obfuscated,
-role-play and special tokens); degenerate). A few cases are SmolLM2-135M's own dry-run outputs. Each case goes through the guard the way a
+synonym_hypernym, reorder, preposition_move, part_of_object, objects, light_verb, multilingual_facts,
+framing; unfaithful: invented, count, colour_attribute, negation, relation, dropped_objects, truncation (a
+rewrite that stops mid-phrase on a real word, with no token-limit flag); injection_* (English, 18 other
+languages, obfuscated, role-play and special tokens); degenerate). A few cases are SmolLM2-135M's own dry-run outputs. Each case goes through the guard the way a
 pipeline row does: the caption sanitized as the prompt sees it, then :func:`judge`.
 
 Rejection is the positive class: precision = rejected and labelled reject / all rejected; recall =

@@ -175,7 +175,7 @@ def test_benchmark_rows_have_the_common_shape():
 
 
 def test_guard_version_names_this_guard():
-    assert GUARD_VERSION == "guard-v2"
+    assert GUARD_VERSION == "guard-v3"
 
 
 def test_accepted_text_is_cleaned_not_rewritten():
@@ -214,3 +214,88 @@ def test_an_override_takes_the_rest_of_the_caption_in_any_disguise(caption):
     split = split_instructions(caption)
     assert split.content.strip().rstrip(".。") == "a cat"
     assert judge("A cat.", caption, [], S).status == "ok"
+
+
+# Rewrites that stop mid-phrase with no token-limit flag (an endpoint that reports no finish reason, a JSON
+# answer closed early), and faithful rewrites that end on a word a cut could also end on.
+TRUNCATION_CASES = [
+    # (caption, rewrite, expected status)
+    ("two children playing in the sand at the beach", "Two children playing in the", "rejected:truncated"),
+    ("a man riding a horse along the beach with his dog", "A man riding a horse along the beach with his", "rejected:truncated"),
+    ("glass of red wine next to a plate of cheese and grapes", "A glass of red wine next to a plate of cheese and", "rejected:truncated"),
+    ("surfer riding a big wave at sunset in hawaii", "A surfer riding a big wave at sunset,", "rejected:truncated"),
+    ("cat sleeping on a red blanket", "A cat sleeping on a red.", "rejected:truncated"),  # an adjective
+    ("a man sitting on a park bench", "A man sitting on a park.", "rejected:truncated"),  # a compound's first part
+    ("woman walking her dog in the rain", "A woman walking her", "rejected:truncated"),  # "her" the caption goes on from
+    ("kids jumping into a pool on a hot summer day", "Kids jumping into a pool on a hot summer", "rejected:truncated"),
+    ("ein Hund läuft am Strand mit seinem Ball", "Ein Hund läuft am Strand mit", "rejected:truncated"),
+    ("a man with his hat on", "A man with his hat on.", "ok"),
+    ("dog lying down", "A dog lying down.", "ok"),
+    ("bus passing by", "A bus passing by.", "ok"),
+    ("red and white lighthouse", "A lighthouse that is red and white.", "ok"),  # the noun is said
+    ("children looking up at the sky", "Children looking up at the sky", "ok"),  # no full stop, nothing lost
+    ("a woman and her dog, the dog licking her", "A woman with her dog licking her.", "ok"),  # "her" ends a phrase
+    ("Vintage car in front of an old brick building, Havana", "A vintage car in front of an old brick building", "ok"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("caption", "rewrite", "expected"), TRUNCATION_CASES, ids=[c[1] for c in TRUNCATION_CASES]
+)
+def test_a_rewrite_that_stops_mid_phrase_is_truncated(caption, rewrite, expected):
+    assert judge(rewrite, caption, [], S).status == expected
+
+
+# Faithful rewrites that turn a relation round with "with", move a preposition across a coordination or a
+# genitive, or name a part a thing is held by; and the unfaithful rewrites beside them.
+PARAPHRASE_CASES = [
+    ("a cup on the table", "A table with a cup on it.", "ok"),
+    ("keys on a wooden table", "A wooden table with keys on it.", "ok"),
+    ("snow covered mountains behind a lake", "A lake with snow-covered mountains behind it.", "ok"),
+    ("red door of a white house", "A white house with a red door.", "ok"),
+    ("a plate of pasta with tomato sauce", "Pasta with tomato sauce on a plate.", "ok"),
+    ("keyboard and mouse on a desk", "A desk with a keyboard and a mouse on it.", "ok"),
+    ("an apple on a stack of books", "A stack of books with an apple on top.", "ok"),
+    ("a pizza in a box", "A box with a pizza inside.", "ok"),
+    ("man holding a phone", "A man holding a phone in his hand.", "ok"),
+    ("dog with a ball", "A dog carrying a ball in its mouth.", "ok"),
+    ("a cat on a sofa", "Sofa on a cat.", "rejected:relation"),
+    ("a coffee table in a living room", "A table with coffee in a living room.", "rejected:relation"),
+    ("a dog near a car behind the house", "A dog behind a car near the house.", "rejected:relation"),
+    ("a bird on a branch", "A bird with a red beak on a branch.", "rejected:invented"),  # the part's colour
+    ("a man at a bus stop", "A man with a beard at a bus stop.", "rejected:invented"),  # not held by "his"
+    ("a dog on the porch", "A dog on the porch with its ball.", "rejected:invented"),  # a ball is no part of a dog
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("caption", "rewrite", "expected"), PARAPHRASE_CASES, ids=[c[1] for c in PARAPHRASE_CASES]
+)
+def test_paraphrases_that_move_a_preposition_or_name_a_part(caption, rewrite, expected):
+    assert judge(rewrite, caption, [], S).status == expected
+
+
+def test_the_lexicon_knows_adjectives_and_parts():
+    from datajuicer_ray.text import lexicon
+
+    assert lexicon.adjective("red") and lexicon.adjective("wooden")
+    assert not lexicon.adjective("park") and not lexicon.adjective("blanket")
+    assert {"wheel", "door"} <= lexicon.parts("car")
+    assert {"hand", "arm"} <= lexicon.parts("man")
+    assert "tail" in lexicon.parts("dog") and "ball" not in lexicon.parts("dog")
+
+
+def test_new_categories_of_the_labelled_set_meet_the_targets():
+    """Truncations that end on a real word rejected; faithful paraphrases that move a preposition or name a
+    part accepted (each at least 95%)."""
+    results = bench_guard.evaluate(bench_guard.load_cases())
+    by_cat = {
+        cat: [r for r in results if r.case["category"] == cat]
+        for cat in ("truncation", "preposition_move", "part_of_object")
+    }
+    misses = "\n".join(bench_guard.misses(results))
+    assert len(by_cat["truncation"]) >= 20 and len(by_cat["preposition_move"]) >= 15
+    assert len(by_cat["part_of_object"]) >= 15
+    assert bench_guard.share(by_cat["truncation"], lambda r: r.status == "rejected:truncated") >= 0.95, misses
+    for cat in ("preposition_move", "part_of_object"):
+        assert bench_guard.share(by_cat[cat], lambda r: not r.rejected) >= 0.95, misses

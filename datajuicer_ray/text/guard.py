@@ -10,7 +10,10 @@ control_chars  control characters or bidi overrides
 markup         chat-template or special tokens (``<|im_start|>``, ``<eos>``, ``[INST]``, the tokenizer's
                own list), role prefixes (``assistant:``), JSON left-overs (``{"caption":``)
 too_long       more than ``max_words`` words or ``max_chars`` characters
-truncated      generation stopped at ``max_new_tokens`` instead of ending the caption
+truncated      generation stopped at ``max_new_tokens`` instead of ending the caption; or, checked after
+               ``language``, the text stops mid-phrase: on a comma, an article, a preposition, a
+               conjunction, or a word whose noun the caption goes on to name and the rewrite never does
+               ("a cat sleeping on a red" for "... a red blanket") (:mod:`.truncation`)
 multiline      more than one line (captions are one line; a second one is commentary)
 refusal        "I'm sorry", "As an AI", "I cannot ..."
 chatter        assistant voice ("Sure!", "Let me know ..."), prompt echo ("no objects detected"), or a
@@ -23,7 +26,8 @@ number         states a count the caption does not ("two dogs" -> "three dogs") 
 negation       negates what the caption asserts, or asserts what it negates
 relation       swaps the two sides of a relation ("a cat on a sofa" -> "a sofa on a cat"), or relates
                two caption words in a way the caption does not ("... on the floor looking at the camera" ->
-               "on a camera")
+               "on a camera"); turning a relation round with "with" ("a table with a cup on it") or moving
+               it across a coordination or a genitive ("eggs and bacon on a plate") is no new relation
 ungrounded     keeps none of the caption's or the objects' content while adding unsupported words
 invented       adds more than ``max_invented`` content words that neither the caption nor the objects
                support
@@ -34,7 +38,8 @@ A rewrite word is *supported* when the caption's descriptive part (not its instr
 object label has it as the same lemma ("sat" = "sitting"), a misspelling of it ("coffe"), a synonym or
 a generalisation of it from WordNet ("couch" for "sofa", "dog" for a detected "Border collie"), a word
 WordNet classifies as a kind of it by age, sex or role ("puppy" for "dog"), a posture verb joining what
-the caption names ("a man *riding* a horse" for "man horse") or framing ("photo", "background"). A
+the caption names ("a man *riding* a horse" for "man horse"), a part of a thing the caption names held
+to it by a possessive ("a dog carrying a ball in *its mouth*") or framing ("photo", "background"). A
 refusal or chatter already present in the caption is not held against the rewrite.
 """
 
@@ -61,6 +66,7 @@ from datajuicer_ray.text.language import (
 )
 from datajuicer_ray.text.normalize import SPECIAL_TOKEN_RE, fold
 from datajuicer_ray.text.prompt import CAPTION_TAG_RE, MARKUP_RE, is_control
+from datajuicer_ray.text.truncation import cut_off
 
 OK = REWRITE_OK  # the row vocabulary lives in io/schema.py
 REJECTED = "rejected:"
@@ -102,7 +108,7 @@ _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„": "�
 
 # Bump when a rule changes what the guard accepts: it is part of the run fingerprint, so a resume after a
 # guard change is refused instead of mixing rows judged by two guards.
-GUARD_VERSION = "guard-v2"
+GUARD_VERSION = "guard-v3"
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,8 @@ def meaning_failure(text: str, caption: str, labels: Sequence[str], max_invented
         return "language"
     rw = analyse(digits(text, lang), lang)
     cw = analyse(digits(split.content, lang), lang)
+    if cut_off(digits(text, lang), digits(split.content, lang), rw, lang):
+        return "truncated"
     if not any(w.content and w.text not in FRAMING_WORDS for w in rw):
         return "no_content"
     if facts.number_change(digits(text, lang), digits(split.content, lang)):
@@ -316,7 +324,8 @@ def grounding_failure(
 ) -> str | None:
     s = support_of(cw, labels, lang)
     said = [w for w in rw if w.content]
-    unsupported = {w.key for w in said if not is_supported(w, s)}
+    parts = facts.held_parts(rw, lambda owner: is_supported(owner, s))
+    unsupported = {w.key for w in said if not is_supported(w, s) and w.key not in parts}
     kept = {w.key for w in said if w.key in s.direct or w.key in s.broader} or {
         w.key for w in said if is_supported(w, s) and not facts.is_light(w)
     }

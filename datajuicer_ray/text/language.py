@@ -38,7 +38,8 @@ def wordset(text: str) -> frozenset[str]:
 FUNCTION_WORDS_BY_LANG: dict[str, frozenset[str]] = {
     "en": wordset(
         "a an the and or with of is are was were be been being on in at to by for from into onto over under "
-        "near next beside behind above below between among against along across around through this that these "
+        "near next beside behind above below between among against along across around through atop within "
+        "beyond throughout amid alongside upon toward towards during this that these "
         "those it its there here their them they his her him he she its has have had which who whom what where "
         "when while than then some any each other very also just as up down out off"
     ),
@@ -57,7 +58,7 @@ FUNCTION_WORDS_BY_LANG: dict[str, frozenset[str]] = {
 FRAMING_WORDS = wordset(
     "photo photograph picture image shot view scene close closeup close-up background foreground front side "
     "top bottom left right middle center centre shows showing shown depicts depicting featuring several many "
-    "few"
+    "few inside outside underneath beneath nearby"
 )
 FUNCTION_WORDS = frozenset().union(*FUNCTION_WORDS_BY_LANG.values())
 SNOWBALL = {
