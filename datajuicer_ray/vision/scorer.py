@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from datajuicer_ray.allocator import keep_freed_memory
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.io import schema
+from datajuicer_ray.io import columns, schema
 from datajuicer_ray.vision.device_faults import is_device_fault, is_oom
 from datajuicer_ray.vision.geometry import (
     Geometry,
@@ -33,6 +33,7 @@ from datajuicer_ray.vision.geometry import (
     top_k_indices,
 )
 from datajuicer_ray.vision.models import LoadedModel, last_attention, load_model
+from datajuicer_ray.vision.precision import resolve as resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,10 @@ def pick_device(setting: str) -> str:
     return setting
 
 
-def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
-    if setting == "auto":
-        return torch.bfloat16 if device == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+# bf16/fp16 run as autocast, not as weights cast to bf16: layer norms and softmax stay fp32, so the kept
+# patches stay those of fp32 where a cast model's drift apart (tests/test_precision.py; both measured on the
+# dry run's DINOv2-S by benchmarks/bench_precision.py).
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_threads(vision: VisionConfig) -> int:
@@ -96,7 +97,10 @@ class PatchScorer:
     def __init__(self, vision: VisionConfig, decode_on_device: bool = False):
         self.cfg = vision
         self.device = pick_device(vision.device)
-        self.amp = autocast_dtype(vision.dtype, self.device)
+        # What scored: fp32, or bf16/fp16 autocast (vision/precision.py: auto = the device's native precision).
+        self.precision, why = resolve_precision(vision.dtype, self.device)
+        self.amp = AUTOCAST[self.precision]
+        log.info("scorer: %s on %s (%s)", self.precision, self.device, why)
         self.geometry = Geometry.from_vision(vision)
         self.size, self.grid = self.geometry.size, self.geometry.grid
         self.scorer_size = vision.scorer_image_size or self.size
@@ -298,15 +302,15 @@ class PatchScorer:
         (``_pixels`` bytes), or here on the device."""
         s = self.size
         if self.gpu_decoder is None:
-            pixels = batch.column(schema.PIXELS_COL).to_pylist()
+            pixels = batch.column(columns.PIXELS_COL).to_pylist()
             status, error = batch.column("status").to_pylist(), batch.column("error").to_pylist()
             views = {
                 i: np.frombuffer(p, np.uint8).reshape(s, s, 3)
                 for i, p in enumerate(pixels)
                 if p is not None and status[i] == schema.OK
             }
-            return batch.drop_columns([schema.PIXELS_COL, "status", "error"]), status, error, views
-        from datajuicer_ray.io.reader import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
+            return batch.drop_columns([columns.PIXELS_COL, "status", "error"]), status, error, views
+        from datajuicer_ray.io.columns import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
 
         decoded, status, error = self.gpu_decoder(
             batch.column(IMAGE_COL).to_pylist(),

@@ -35,7 +35,7 @@ class PatchScorerStage:
         # in every worker process.
         print(
             f"scorer ready in {time.perf_counter() - began:.1f} s (imports {imported - began:.1f} s, "
-            f"models {time.perf_counter() - imported:.1f} s)",
+            f"models {time.perf_counter() - imported:.1f} s), scoring in {self.scorer.precision}",
             flush=True,
         )
 
