@@ -18,43 +18,16 @@ from datajuicer_ray.runtime import actor_pool_kwargs
 
 READ_CPUS = 0.25
 WRITE_CPUS = 0.25
+# The internal columns every read row carries to the writer: its input file, row number, last-row mark,
+# the storage requests retried to read it, and its image bytes.
+LINEAGE = (c.IMAGE_COL, c.SOURCE_COL, c.ROW_COL, c.LAST_COL, c.STORAGE_RETRIES_COL)
 # What the reader produces from an input file (Parquet or WebDataset), before any stage ran.
-READ_COLUMNS = (
-    c.KEY,
-    c.CAPTION,
-    c.IMAGE_COL,
-    c.UPSTREAM_STATUS_COL,
-    c.UPSTREAM_ERROR_COL,
-    c.SOURCE_COL,
-    c.ROW_COL,
-    c.LAST_COL,
-    c.STORAGE_RETRIES_COL,
-)
-INTERNAL = (
-    c.IMAGE_COL,
-    c.UPSTREAM_STATUS_COL,
-    c.UPSTREAM_ERROR_COL,
-    c.SOURCE_COL,
-    c.ROW_COL,
-    c.LAST_COL,
-    c.PIXELS_COL,
-    c.STORAGE_RETRIES_COL,
-)
+READ_COLUMNS = (c.KEY, c.CAPTION, c.UPSTREAM_STATUS_COL, c.UPSTREAM_ERROR_COL, *LINEAGE)
 # What it produces from a curated table (rewrite.only): the table's own columns, less the text branch's
 # and the lineage, which this run writes anew (``reader.read_curated_file``), plus the internal ones.
-CURATED_READ_COLUMNS = (
-    c.KEY,
-    c.CAPTION,
-    c.IMAGE_COL,
-    *c.VISION_COLUMNS,
-    c.STATUS,
-    c.ERROR,
-    c.REWRITE_CANDIDATE,
-    c.SOURCE_COL,
-    c.ROW_COL,
-    c.LAST_COL,
-    c.STORAGE_RETRIES_COL,
-)
+CURATED_READ_COLUMNS = (c.KEY, c.CAPTION, *c.VISION_COLUMNS, c.STATUS, c.ERROR, c.REWRITE_CANDIDATE, *LINEAGE)
+# None of these reaches the table.
+INTERNAL = (*LINEAGE, c.UPSTREAM_STATUS_COL, c.UPSTREAM_ERROR_COL, c.PIXELS_COL)
 
 
 def decode_on_device(cfg: CurateConfig, num_gpus: float) -> bool:
