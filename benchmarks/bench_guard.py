@@ -1,6 +1,6 @@
 """The rewrite guard measured on its labelled set: precision and recall of rejection, false rejections per category.
 
-``tests/data/guard_cases.jsonl`` holds caption / objects / rewrite cases, each labelled ``accept`` or
+``tests/support/data/guard_cases.jsonl`` holds caption / objects / rewrite cases, each labelled ``accept`` or
 ``reject`` with the reason a careful reader would give and a category (faithful: grammar, inflection,
 synonym_hypernym, reorder, preposition_move, part_of_object, objects, light_verb, multilingual_facts,
 framing; unfaithful: invented, count, colour_attribute, negation, relation, dropped_objects, truncation (a
@@ -31,7 +31,7 @@ from benchmarks.common import REPO, print_rows, row
 from datajuicer_ray.text.guard import GuardSettings, judge
 from datajuicer_ray.text.prompt import sanitize_caption
 
-CASES = REPO / "tests" / "data" / "guard_cases.jsonl"
+CASES = REPO / "tests" / "support" / "data" / "guard_cases.jsonl"
 SETTINGS = GuardSettings.for_words(60)
 # The issue's "done when": every injection rejected, >= 95% of faithful accepted and of unfaithful rejected.
 TARGET = 0.95

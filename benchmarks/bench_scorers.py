@@ -39,7 +39,7 @@ from benchmarks.scorer_figures import (
     sample_figure,
 )
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.io import schema
+from datajuicer_ray.io import columns, schema
 from datajuicer_ray.vision.geometry import canonical_view
 from datajuicer_ray.vision.scorer import PatchScorer
 
@@ -119,7 +119,7 @@ def curate(scorer: PatchScorer, views: dict[str, np.ndarray]) -> pa.Table:
             "key": list(views),
             "status": [schema.OK] * n,
             "error": pa.array([None] * n, pa.string()),
-            schema.PIXELS_COL: pa.array([v.tobytes() for v in views.values()], pa.binary()),
+            columns.PIXELS_COL: pa.array([v.tobytes() for v in views.values()], pa.binary()),
         }
     )
     return scorer(batch)

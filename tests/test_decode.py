@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.io import schema
-from datajuicer_ray.io.reader import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
+from datajuicer_ray.io import columns
+from datajuicer_ray.io.columns import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
 from datajuicer_ray.vision import decode as decode_module
 from datajuicer_ray.vision.decode import (
     ORIENTATIONS,
@@ -53,7 +53,7 @@ def decode_rows(images, statuses=None, errors=None, **vision):
     return (
         out.column("status").to_pylist(),
         out.column("error").to_pylist(),
-        out.column(schema.PIXELS_COL).to_pylist(),
+        out.column(columns.PIXELS_COL).to_pylist(),
     )
 
 

@@ -579,10 +579,9 @@ def test_cpu_image_command_runs(curated_dir):
     """The CPU image's CMD, run. The session's dry run (conftest `curated_dir`) is `curate` on the command's
     own config, with only where to write and the progress bar changed (neither changes a row); so its run
     record must hold that config, and its table every row of the sample."""
-    from tests.support.tables import latest_run
-
     from datajuicer_ray.cli import _parser
     from datajuicer_ray.config import load_curate_config, to_dict
+    from tests.support.tables import latest_run
 
     ins = _instructions(ROOT / "docker" / "Dockerfile.cpu")
     args = _parser().parse_args(json.loads(next(arg for op, arg in ins if op == "CMD"))[1:])

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.io.reader import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
+from datajuicer_ray.io.columns import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
 from datajuicer_ray.vision.decode import ORIENTATIONS, Decoder, canonical_pixels
 from datajuicer_ray.vision.gpu_decode import GpuDecoder, _t, device_view
 

@@ -8,17 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from datajuicer_ray.config import ColumnsConfig, InputConfig
-from datajuicer_ray.io.reader import (
-    IMAGE_COL,
-    LAST_COL,
-    READ_ERROR,
-    UPSTREAM_STATUS_COL,
-    InputFile,
-    file_id_for,
-    plan_inputs,
-    read_file,
-)
-from datajuicer_ray.io.schema import ROW_COL
+from datajuicer_ray.io.columns import IMAGE_COL, LAST_COL, ROW_COL, UPSTREAM_STATUS_COL
+from datajuicer_ray.io.reader import READ_ERROR, InputFile, file_id_for, plan_inputs, read_file
 from tests.support.inputs import img2dataset_parquet, photo, webdataset_tar
 
 

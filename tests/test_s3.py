@@ -20,14 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from datajuicer_ray.config import ColumnsConfig, ConfigError, InputConfig, load_curate_config
+from datajuicer_ray.io.columns import STORAGE_RETRIES_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
 from datajuicer_ray.io.curated import CuratedTable
-from datajuicer_ray.io.reader import (
-    RETRIES_COL,
-    UPSTREAM_ERROR_COL,
-    UPSTREAM_STATUS_COL,
-    plan_inputs,
-    read_file,
-)
+from datajuicer_ray.io.reader import plan_inputs, read_file
 from datajuicer_ray.io.table import OutputTable
 from tests.support.drills import curate_argv, curate_process, drill_overrides
 from tests.support.exports import hf_image_parquet
@@ -245,7 +240,7 @@ def test_server_errors_and_throttles_are_retried_and_counted_on_the_rows(s3, tmp
     finally:
         injected, s3.proxy.plan = sum(s3.proxy.plan.injected.values()), None
     assert table.column(UPSTREAM_STATUS_COL).to_pylist() == ["success"] * ROWS
-    assert injected > 0 and sum(table.column(RETRIES_COL).to_pylist()) == injected
+    assert injected > 0 and sum(table.column(STORAGE_RETRIES_COL).to_pylist()) == injected
 
 
 def test_what_stays_broken_is_a_read_error_with_the_reason_and_no_secret(s3, tmp_path):

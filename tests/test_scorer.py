@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.io import schema
+from datajuicer_ray.io import columns
 from datajuicer_ray.vision import models
 from datajuicer_ray.vision.geometry import resample_scores, top_k_indices
 from datajuicer_ray.vision.models import scorer_run_info
@@ -107,7 +107,7 @@ def batch_of(v: np.ndarray, statuses: list[str]) -> pa.Table:
         {
             "status": pa.array(statuses, pa.string()),
             "error": pa.array([None] * len(statuses), pa.string()),
-            schema.PIXELS_COL: pa.array(
+            columns.PIXELS_COL: pa.array(
                 [x.tobytes() if s == "ok" else None for x, s in zip(v, statuses)], pa.binary()
             ),
         }

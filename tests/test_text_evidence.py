@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from datajuicer_ray.io import schema
+from datajuicer_ray.io import columns, schema
 from datajuicer_ray.io.writer import to_output_table
 from datajuicer_ray.report.html import render_card
 from datajuicer_ray.report.inspect import make_card
@@ -17,7 +17,7 @@ def _batch(**extra) -> pa.Table:
         "caption": ["a dog in a park", "a cat"],
         "status": ["ok", "ok"],
         "error": pa.array([None] * n, pa.string()),
-        schema.ROW_COL: pa.array([0, 1], pa.int64()),
+        columns.ROW_COL: pa.array([0, 1], pa.int64()),
     }
     return pa.table({**cols, **extra})
 

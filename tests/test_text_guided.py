@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from datajuicer_ray.config import TextGuidedConfig, VisionConfig
-from datajuicer_ray.io import schema
+from datajuicer_ray.io import columns
 from datajuicer_ray.vision.geometry import top_k_indices
 from datajuicer_ray.vision.scorer import PatchScorer
 from datajuicer_ray.vision.text_guided import TINY_CLIP, TextGuide, blend
@@ -58,7 +58,7 @@ def _batch(v: np.ndarray, captions: list[str]) -> pa.Table:
             "caption": captions,
             "status": ["ok"] * n,
             "error": pa.array([None] * n, pa.string()),
-            schema.PIXELS_COL: pa.array([x.tobytes() for x in v], pa.binary()),
+            columns.PIXELS_COL: pa.array([x.tobytes() for x in v], pa.binary()),
         }
     )
 
@@ -93,10 +93,9 @@ def test_the_dry_run_curates_end_to_end_with_text_guided_scoring(ray_local, tmp_
     """Issue 12's done-when: `curate conf/dry_run.yaml vision.scorer=text_guided` with a tiny open_clip model,
     through the real job (the sample input with its web-crawl faults, the scorer actor, the Delta commit).
     The scorer is the tiny DINO and rewriting is off to keep it short; both are beside the point here."""
-    from tests.support.tables import latest_run, read_rows
-
     from datajuicer_ray.config import load_curate_config
     from datajuicer_ray.pipeline import curate
+    from tests.support.tables import latest_run, read_rows
 
     cfg = load_curate_config(
         Path(__file__).resolve().parents[1] / "conf" / "dry_run.yaml",

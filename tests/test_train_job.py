@@ -199,11 +199,10 @@ def test_two_workers_train_on_varied_kept_counts_bucketed_in_the_stream(ray_loca
 
 def test_training_at_another_keep_ratio_uses_the_patches_that_curation_would_keep(ray_local, tmp_path):
     """A table curated at 0.5 trained at data.keep_ratio=0.3 sees exactly what a 0.3 curation keeps."""
-    from tests.support.inputs import img2dataset_parquet
-
     from datajuicer_ray.config import load_curate_config
     from datajuicer_ray.pipeline import curate
     from datajuicer_ray.train.job import build_datasets
+    from tests.support.inputs import img2dataset_parquet
 
     img2dataset_parquet(tmp_path / "in" / "00000.parquet", 10)
     tables = {}

@@ -165,7 +165,9 @@ def _validate_curate(cfg: CurateConfig) -> None:
     _require(r.max_model_len >= 1, "rewrite.max_model_len", "must be >= 1")
     _require(r.max_caption_tokens >= 1, "rewrite.max_caption_tokens", "must be >= 1")
     _require(r.qps >= 0, "rewrite.qps", "must be >= 0")
-    _require(r.request_timeout_s > 0, "rewrite.request_timeout_s", "must be > 0 (seconds one request may take)")
+    _require(
+        r.request_timeout_s > 0, "rewrite.request_timeout_s", "must be > 0 (seconds one request may take)"
+    )
     _require(0.0 < r.gpu_memory_utilization <= 1.0, "rewrite.gpu_memory_utilization", "must be in (0, 1]")
     _require(r.tensor_parallel_size >= 1, "rewrite.tensor_parallel_size", "must be >= 1")
     _require(r.concurrency >= 1, "rewrite.concurrency", "must be >= 1")

@@ -27,12 +27,6 @@ from datajuicer_ray.io.column_types import caption_type_error, image_type_error,
 from datajuicer_ray.io.faults import is_transient_io
 from datajuicer_ray.io.paths import path_items, redact
 
-IMAGE_COL = columns.IMAGE_COL
-UPSTREAM_STATUS_COL = columns.UPSTREAM_STATUS_COL
-UPSTREAM_ERROR_COL = columns.UPSTREAM_ERROR_COL
-LAST_COL = columns.LAST_COL
-RETRIES_COL = columns.STORAGE_RETRIES_COL
-
 READ_ERROR = schema.READ_ERROR
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -42,13 +36,13 @@ INTERNAL_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("caption", pa.string()),
-        (IMAGE_COL, pa.binary()),
-        (UPSTREAM_STATUS_COL, pa.string()),
-        (UPSTREAM_ERROR_COL, pa.string()),
-        (schema.SOURCE_COL, pa.string()),
-        (schema.ROW_COL, pa.int64()),
-        (LAST_COL, pa.bool_()),
-        (RETRIES_COL, pa.int32()),
+        (columns.IMAGE_COL, pa.binary()),
+        (columns.UPSTREAM_STATUS_COL, pa.string()),
+        (columns.UPSTREAM_ERROR_COL, pa.string()),
+        (columns.SOURCE_COL, pa.string()),
+        (columns.ROW_COL, pa.int64()),
+        (columns.LAST_COL, pa.bool_()),
+        (columns.STORAGE_RETRIES_COL, pa.int32()),
     ]
 )
 
@@ -118,13 +112,13 @@ def _rows_table(rows: dict[str, list], file_id: str, start: int, last: bool, ret
     cols = {
         "key": keys,
         "caption": rows["caption"],
-        IMAGE_COL: rows["image"],
-        UPSTREAM_STATUS_COL: rows["status"],
-        UPSTREAM_ERROR_COL: rows["error"],
-        schema.SOURCE_COL: [file_id] * n,
-        schema.ROW_COL: list(range(start, start + n)),
-        LAST_COL: [last and i == n - 1 for i in range(n)],
-        RETRIES_COL: [retried if i == 0 else 0 for i in range(n)],
+        columns.IMAGE_COL: rows["image"],
+        columns.UPSTREAM_STATUS_COL: rows["status"],
+        columns.UPSTREAM_ERROR_COL: rows["error"],
+        columns.SOURCE_COL: [file_id] * n,
+        columns.ROW_COL: list(range(start, start + n)),
+        columns.LAST_COL: [last and i == n - 1 for i in range(n)],
+        columns.STORAGE_RETRIES_COL: [retried if i == 0 else 0 for i in range(n)],
     }
     return pa.Table.from_pydict(cols, schema=INTERNAL_SCHEMA)
 
@@ -299,14 +293,17 @@ def read_curated_file(f: InputFile, image_column: str | None, rows_per_block: in
             redone = ("caption_rewritten", "rewrite_status", "source_file", "source_row")
             t = pa.Table.from_batches([batch]).drop_columns([c for c in redone if c in batch.schema.names])
             if image_column and image_column in t.column_names:
-                t = t.rename_columns([IMAGE_COL if c == image_column else c for c in t.column_names])
+                t = t.rename_columns([columns.IMAGE_COL if c == image_column else c for c in t.column_names])
             n = t.num_rows
-            t = t.append_column(schema.SOURCE_COL, pa.array([f.file_id] * n, pa.string()))
-            t = t.append_column(schema.ROW_COL, pa.array(range(start, start + n), pa.int64()))
-            t = t.append_column(LAST_COL, pa.array([start + i == total - 1 for i in range(n)], pa.bool_()))
+            t = t.append_column(columns.SOURCE_COL, pa.array([f.file_id] * n, pa.string()))
+            t = t.append_column(columns.ROW_COL, pa.array(range(start, start + n), pa.int64()))
+            t = t.append_column(
+                columns.LAST_COL, pa.array([start + i == total - 1 for i in range(n)], pa.bool_())
+            )
             retried = meter.take()
             t = t.append_column(
-                RETRIES_COL, pa.array([retried if i == 0 else 0 for i in range(n)], pa.int32())
+                columns.STORAGE_RETRIES_COL,
+                pa.array([retried if i == 0 else 0 for i in range(n)], pa.int32()),
             )
             start += n
             yield t

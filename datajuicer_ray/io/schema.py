@@ -6,7 +6,6 @@ from __future__ import annotations
 import pyarrow as pa
 
 from datajuicer_ray.io import columns as c
-from datajuicer_ray.io.columns import PIXELS_COL, ROW_COL, SOURCE_COL, VISION_COLUMNS  # noqa: F401 - names stages import from here
 
 OBJECT_TYPE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 

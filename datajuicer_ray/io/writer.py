@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 
 from datajuicer_ray.io import columns as c
 from datajuicer_ray.io import faults, schema
+from datajuicer_ray.io.columns import STORAGE_RETRIES_COL
 from datajuicer_ray.io.faults import hold_for_drill, storage_retrying
 from datajuicer_ray.io.location import Location
-from datajuicer_ray.io.reader import RETRIES_COL, InputFile
+from datajuicer_ray.io.reader import InputFile
 from datajuicer_ray.io.table import Claim, DataFile, InputCommit, OutputTable
 
 # ----------------------------------------------------------------------------------------------
@@ -135,7 +136,11 @@ class DataFileWriter:
             meta["last_row"].append(last[0] if last else -1)
             meta["transient"].append(_transient_rows(out))
             meta["stats"].append(delta_stats(out, uri))
-            read = pc.sum(group.column(RETRIES_COL)).as_py() if RETRIES_COL in group.column_names else 0
+            read = (
+                pc.sum(group.column(STORAGE_RETRIES_COL)).as_py()
+                if STORAGE_RETRIES_COL in group.column_names
+                else 0
+            )
             meta["storage_retries"].append((read or 0) + faults.retries() - retried)
         return pa.Table.from_pydict(meta, schema=META_SCHEMA)
 
