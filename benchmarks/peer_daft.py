@@ -33,10 +33,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from daft import DataType, col  # noqa: E402
 from daft.functions import decode_image, resize  # noqa: E402
+from peer_method import SIZE, PlainDino  # noqa: E402 - beside this script; the method both peers share
 
-KEEP_RATIO = 0.5
-MIN_CONFIDENCE = 0.7
-SIZE = 224
 BATCH = int(os.environ.get("PEER_BATCH", "64"))  # curate's default vision.batch_size
 RESULT = DataType.struct(
     {"patch_index": DataType.list(DataType.int16()), "objects": DataType.list(DataType.string())}
@@ -46,38 +44,11 @@ RESULT = DataType.struct(
 @daft.cls(max_concurrency=1)  # one model instance
 class Scorer:
     def __init__(self, model_dir: str, dtype: str):
-        import torch
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
-
-        cfg = AutoConfig.from_pretrained(model_dir)
-        head = any(a.endswith("ForImageClassification") for a in cfg.architectures or [])
-        auto = AutoModelForImageClassification if head else AutoModel
-        self.model = auto.from_pretrained(model_dir, attn_implementation="eager").eval()
-        self.labels = cfg.id2label if head else {}
-        proc = AutoImageProcessor.from_pretrained(model_dir)
-        self.mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
-        self.amp = torch.bfloat16 if dtype == "bf16" else None
-        self.torch = torch
+        self.method = PlainDino(model_dir, dtype)
 
     @daft.method.batch(return_dtype=RESULT, unnest=True, batch_size=BATCH)
     def score(self, images: daft.Series) -> pa.Array:
-        torch = self.torch
-        views = np.stack(images.to_pylist())
-        x = torch.from_numpy(views).permute(0, 3, 1, 2).float() / 255.0
-        x = (x - self.mean) / self.std
-        amp = torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None)
-        with torch.inference_mode(), amp:
-            out = self.model(pixel_values=x, output_attentions=True)
-        cls = out.attentions[-1][:, :, 0, 1:].float().mean(dim=1)  # [B, patches]
-        k = round(KEEP_RATIO * cls.shape[1])
-        kept = torch.topk(cls, k, dim=1).indices.sort(dim=1).values.numpy().astype(np.int16)
-        objects: list[list[str]] = [[] for _ in range(len(views))]
-        if self.labels:
-            probs = out.logits.float().softmax(-1)
-            for i, p in enumerate(probs):
-                top = torch.nonzero(p >= MIN_CONFIDENCE).flatten().tolist()
-                objects[i] = [self.labels[j] for j in sorted(top, key=lambda j: -float(p[j]))]
+        kept, objects = self.method(np.stack(images.to_pylist()))
         return pa.array(
             [{"patch_index": list(r), "objects": o} for r, o in zip(kept.tolist(), objects)],
             RESULT.to_arrow_dtype(),

@@ -21,12 +21,10 @@ import os
 import time
 
 import numpy as np
+import peer_method  # beside this script: the method both peers share
 import pyarrow.parquet as pq
 import ray
-
-KEEP_RATIO = 0.5
-MIN_CONFIDENCE = 0.7
-SIZE = 224
+from peer_method import SIZE, PlainDino
 
 
 class Scorer:
@@ -34,21 +32,11 @@ class Scorer:
 
     def __init__(self, model_dir: str, dtype: str):
         import torch
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): on a small machine the model would use one
         # core of several. The machine's cores, as a user who watched `top` would set.
         torch.set_num_threads(os.cpu_count() or 1)
-        cfg = AutoConfig.from_pretrained(model_dir)
-        head = any(a.endswith("ForImageClassification") for a in cfg.architectures or [])
-        auto = AutoModelForImageClassification if head else AutoModel
-        self.model = auto.from_pretrained(model_dir, attn_implementation="eager").eval()
-        self.labels = cfg.id2label if head else {}
-        proc = AutoImageProcessor.from_pretrained(model_dir)
-        self.mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
-        self.amp = torch.bfloat16 if dtype == "bf16" else None
-        self.torch = torch
+        self.method = PlainDino(model_dir, dtype)
 
     @staticmethod
     def view(data: bytes) -> np.ndarray:
@@ -62,23 +50,9 @@ class Scorer:
         return np.asarray(img.crop((left, top, left + SIZE, top + SIZE)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
-        views = np.stack([self.view(b) for b in batch["jpg"]])
-        x = torch.from_numpy(views).permute(0, 3, 1, 2).float() / 255.0
-        x = (x - self.mean) / self.std
-        amp = torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None)
-        with torch.inference_mode(), amp:
-            out = self.model(pixel_values=x, output_attentions=True)
-        cls = out.attentions[-1][:, :, 0, 1:].float().mean(dim=1)  # [B, patches]
-        k = round(KEEP_RATIO * cls.shape[1])
-        kept = torch.topk(cls, k, dim=1).indices.sort(dim=1).values.numpy().astype(np.int16)
-        objects = np.empty(len(views), dtype=object)  # one list of names per row
-        objects[:] = [[] for _ in range(len(views))]
-        if self.labels:
-            probs = out.logits.float().softmax(-1)
-            for i, p in enumerate(probs):
-                top = torch.nonzero(p >= MIN_CONFIDENCE).flatten().tolist()
-                objects[i] = [self.labels[j] for j in sorted(top, key=lambda j: -float(p[j]))]
+        kept, names = self.method(np.stack([self.view(b) for b in batch["jpg"]]))
+        objects = np.empty(len(names), dtype=object)  # one list of names per row
+        objects[:] = names
         return {"key": batch["key"], "patch_index": kept, "objects": objects}
 
 
@@ -91,6 +65,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     args = ap.parse_args()
     began = time.perf_counter()
+    ray.cloudpickle.register_pickle_by_value(peer_method)  # the workers get the method with the actor
     ray.init(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(args.input).select_columns(["key", "jpg"])
