@@ -25,17 +25,24 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 
-from benchmarks.bench_memory import PeakSampler
-from benchmarks.bench_pipeline import equal_priority_env
-from benchmarks.common import REPO, alternate, bench_dir, main_for, median, photos_rgb, row, spread
+from benchmarks.bench_memory import command_peak
+from benchmarks.common import (
+    REPO,
+    alternate,
+    bench_dir,
+    main_for,
+    median,
+    photo_crop,
+    photos_rgb,
+    row,
+    spread,
+)
 
 ROWS = 10_000  # img2dataset's number_sample_per_shard
 SIDE = 256  # img2dataset's image_size
@@ -45,12 +52,7 @@ MIB, GIB = 2**20, 2**30
 
 def img2dataset_jpeg(photos: list, i: int) -> bytes:
     """A distinct 256 px JPEG as img2dataset writes it by default (resize_mode=border, quality 95)."""
-    rng = np.random.default_rng(i)
-    img = photos[i % len(photos)]
-    w, h = img.size
-    cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    crop = img.crop((x, y, x + cw, y + ch))
+    crop, _ = photo_crop(photos, i, 0.5)
     crop.thumbnail((SIDE, SIDE))
     buf = io.BytesIO()
     crop.save(buf, format="JPEG", quality=95)
@@ -174,18 +176,7 @@ def job_peak(path: Path) -> dict:
         "vision.model=tiny-random-dino", "vision.batch_size=32", "rewrite.enabled=false", "ray.progress=false",
         "ray.num_cpus=3",
     ]  # fmt: skip
-    began = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=equal_priority_env()
-    )
-    sampler = PeakSampler(proc.pid)
-    sampler.start()
-    log, _ = proc.communicate()
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"curate failed ({proc.returncode}):\n{log[-3000:]}")
-    return {"pss": sampler.peak_pss, "rss": sampler.peak_rss, "wall": time.perf_counter() - began}
+    return command_peak(cmd)
 
 
 def whole_job(small: Path, big: Path, reps: int) -> list[dict]:

@@ -81,11 +81,9 @@ class PeakSampler(threading.Thread):
             self.stop.wait(self.every_s)
 
 
-def curate_peak(n: int, model: str, batch: int) -> dict:
-    input_dir = photo_parquet(n, files=max(1, n // ROWS_PER_FILE))
-    out_dir = bench_dir() / "memory-out"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "datajuicer_ray.cli", *curate_args(input_dir, out_dir, Path(model), batch)]
+def command_peak(cmd: list[str]) -> dict:
+    """Run ``cmd`` at equal priority; its process tree's peak PSS and RSS, most processes, and wall time
+    (RuntimeError with the log's tail if it fails)."""
     began = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=equal_priority_env()
@@ -96,13 +94,22 @@ def curate_peak(n: int, model: str, batch: int) -> dict:
     sampler.stop.set()
     sampler.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"curate failed ({proc.returncode}):\n{log[-3000:]}")
+        raise RuntimeError(f"{Path(cmd[0]).name} {' '.join(cmd[1:4])} failed ({proc.returncode}):\n{log[-3000:]}")
     return {
         "pss": sampler.peak_pss,
         "rss": sampler.peak_rss,
         "procs": sampler.max_procs,
         "wall": time.perf_counter() - began,
     }
+
+
+def curate_peak(n: int, model: str, batch: int) -> dict:
+    input_dir = photo_parquet(n, files=max(1, n // ROWS_PER_FILE))
+    out_dir = bench_dir() / "memory-out"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return command_peak(
+        [sys.executable, "-m", "datajuicer_ray.cli", *curate_args(input_dir, out_dir, Path(model), batch)]
+    )
 
 
 def measure(n: int, model: str, model_name: str, reps: int, batch: int = 32) -> list[dict]:

@@ -75,14 +75,19 @@ def photos_rgb() -> list:
     return out
 
 
-def web_jpeg(photos: list, i: int) -> bytes:
-    """A web-sized JPEG (longer side 400-640 px, like a LAION download) cut from a real photo."""
+def photo_crop(photos: list, i: int, smallest: float) -> tuple:
+    """The ``i``-th distinct crop (each side ``smallest``-1.0 of the photo's) of a real photo, and its rng."""
     rng = np.random.default_rng(i)
     img = photos[i % len(photos)]
     w, h = img.size
-    cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+    cw, ch = int(w * rng.uniform(smallest, 1.0)), int(h * rng.uniform(smallest, 1.0))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    crop = img.crop((x, y, x + cw, y + ch))
+    return img.crop((x, y, x + cw, y + ch)), rng
+
+
+def web_jpeg(photos: list, i: int) -> bytes:
+    """A web-sized JPEG (longer side 400-640 px, like a LAION download) cut from a real photo."""
+    crop, rng = photo_crop(photos, i, 0.6)
     side = int(rng.integers(400, 641))
     scale = side / max(crop.size)
     crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))))

@@ -17,14 +17,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start_local_ray():
+def start_local_ray(fresh: bool = False, **init_kwargs):
     """Four logical CPUs on the 2-core test machine: the dry run holds two actor pools (scorer and
-    rewriter, one CPU each) while its read, decode and write tasks still need room to be scheduled."""
+    rewriter, one CPU each) while its read, decode and write tasks still need room to be scheduled.
+    ``fresh``: stop a running Ray first, so the new one's workers see this process's environment (and
+    ``init_kwargs``, e.g. a ``runtime_env``)."""
     import ray
 
+    if fresh and ray.is_initialized():
+        ray.shutdown()
     if not ray.is_initialized():
         ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            **init_kwargs,
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray

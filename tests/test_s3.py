@@ -24,6 +24,7 @@ from datajuicer_ray.io.columns import STORAGE_RETRIES_COL, UPSTREAM_ERROR_COL, U
 from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.io.reader import plan_inputs, read_file
 from datajuicer_ray.io.table import OutputTable
+from tests.conftest import start_local_ray
 from tests.support.drills import curate_argv, curate_process, drill_overrides
 from tests.support.exports import hf_image_parquet
 from tests.support.inputs import img2dataset_parquet
@@ -55,16 +56,7 @@ def s3(tmp_path_factory):
         client = s3_client(upstream)
         client.create_bucket(Bucket=BUCKET)
         with environment({**aws_env(proxy.endpoint), "DATAJUICER_RAY_DRILL_DIR": str(base / "drill")}):
-            if ray.is_initialized():
-                ray.shutdown()
-            ray.init(
-                address="local",
-                num_cpus=4,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
-            ray.data.DataContext.get_current().enable_progress_bars = False
+            start_local_ray(fresh=True)  # its workers inherit the S3 environment above
             try:
                 yield S3Env(proxy, client, ray.get_runtime_context().gcs_address, base / "drill")
             finally:

@@ -16,6 +16,7 @@ from datajuicer_ray.io.location import Location
 from datajuicer_ray.io.table import OutputTable
 from datajuicer_ray.io.writer import write_data_file
 from datajuicer_ray.pipeline import curate
+from tests.conftest import start_local_ray
 from tests.support.drills import curate_process, tiny_job
 from tests.support.faultyfs import injected, register, set_budget
 from tests.support.inputs import img2dataset_parquet
@@ -37,20 +38,10 @@ def drills(tmp_path_factory):
     }
     (base / "drill").mkdir()
     set_budget(base / "faults", 0)
-    if ray.is_initialized():
-        ray.shutdown()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     register()
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"worker_process_setup_hook": "tests.support.faultyfs.register"},
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_local_ray(fresh=True, runtime_env={"worker_process_setup_hook": "tests.support.faultyfs.register"})
     yield base
     ray.shutdown()
     for k, v in saved.items():
