@@ -204,7 +204,7 @@ def vllm_rate(n: int) -> float:
     import ray
 
     from datajuicer_ray.config import load_curate_config
-    from datajuicer_ray.text.llm_processors import apply_llm_processor
+    from datajuicer_ray.text.llm_processors import apply_llm_processor, llm_processor
 
     model = os.environ.get("DATAJUICER_RAY_BENCH_LLM", "Qwen/Qwen2.5-0.5B-Instruct")
     cfg = load_curate_config(
@@ -220,7 +220,7 @@ def vllm_rate(n: int) -> float:
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     began = time.perf_counter()
-    count = apply_llm_processor(ray.data.from_items(rows), cfg).materialize().count()
+    count = apply_llm_processor(ray.data.from_items(rows), llm_processor(cfg)).materialize().count()
     return count / (time.perf_counter() - began)
 
 

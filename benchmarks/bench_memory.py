@@ -94,7 +94,9 @@ def command_peak(cmd: list[str]) -> dict:
     sampler.stop.set()
     sampler.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"{Path(cmd[0]).name} {' '.join(cmd[1:4])} failed ({proc.returncode}):\n{log[-3000:]}")
+        raise RuntimeError(
+            f"{Path(cmd[0]).name} {' '.join(cmd[1:4])} failed ({proc.returncode}):\n{log[-3000:]}"
+        )
     return {
         "pss": sampler.peak_pss,
         "rss": sampler.peak_rss,

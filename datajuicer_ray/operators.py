@@ -60,14 +60,6 @@ def held(*map_args: dict[str, Any], keys: str = "") -> Holds:
     return Holds(cpus, gpus, memory, keys)
 
 
-def processor_holds(processor: Any, keys: str) -> Holds:
-    """What a ``ray.data.llm`` processor holds: its preprocess and postprocess tasks and every stage's actor
-    pool (chat template, tokenizer, engine, detokenizer), read off the built processor itself, so any
-    setting of its config (placement-group bundles, stage CPUs, concurrency) is counted as it runs."""
-    stages = [processor.get_stage_by_name(n).map_batches_kwargs for n in processor.list_stage_names()]
-    return held(processor.preprocess_map_kwargs, *stages, processor.postprocess_map_kwargs, keys=keys)
-
-
 class ColumnChainError(ValueError):
     """A stage reads a column that no earlier stage writes."""
 

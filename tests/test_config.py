@@ -50,6 +50,7 @@ def test_overrides_apply_and_are_typed():
         ("rewrite.backend=gpt", "rewrite.backend: 'gpt' is not one of vllm, http, transformers"),
         ("vision.dtype=int8", "vision.dtype"),
         ("rewrite.request_timeout_s=0", "rewrite.request_timeout_s: must be > 0"),
+        ("rewrite.kv_cache_gib=-1", "rewrite.kv_cache_gib: must be >= 0"),
         ("keep_ratio", "override 'keep_ratio': expected KEY=VALUE"),
     ],
 )

@@ -357,6 +357,6 @@ def test_the_key_never_goes_over_plain_http_to_another_machine(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     cfg = CurateConfig(rewrite=RewriteConfig(enabled=True, backend="http", url=plain, api_key_env=KEY_ENV))
     with pytest.raises(ConfigError, match="rewrite.allow_insecure_http"):
-        hb.add_http_stage(None, cfg)
+        hb.http_map_args(cfg)
     with pytest.raises(ConfigError, match="rewrite.request_timeout_s: must be > 0"):
         _rewriter("https://api.example.com/v1/chat/completions", request_timeout_s=0)

@@ -10,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 
-from datajuicer_ray.config import ConfigError, CurateConfig, RewriteConfig
+from datajuicer_ray.config import CurateConfig, RewriteConfig
 from datajuicer_ray.io.schema import OBJECT_TYPE
 from datajuicer_ray.text import llm_processors as lp
+from datajuicer_ray.text.http_backend import HTTP_ATTEMPTS
 from datajuicer_ray.text.prompt import ANSWER_SCHEMA, PROMPT_VERSION, prompt_hash
 from datajuicer_ray.text.stage import add_rewrite_stage, rewrite_run_info
 
@@ -132,37 +133,53 @@ def test_vllm_config_comes_from_our_config():
         batch_size=24,
         revision="abc123",
     )
-    config = lp.vllm_config(cfg)
+    config = lp.vllm_config(cfg, lp.EngineDevice("gpu", "auto", "test"))
     assert config.model_source == "Qwen/Qwen2.5-1.5B-Instruct"
     assert config.engine_kwargs["max_model_len"] == 1024
     assert config.engine_kwargs["gpu_memory_utilization"] == 0.6
     assert config.engine_kwargs["tensor_parallel_size"] == 2
-    assert config.engine_kwargs["revision"] == "abc123"
+    # The revision reaches the engine's weights and its tokenizer (our preprocess loads it at the same one).
+    assert config.engine_kwargs["revision"] == config.engine_kwargs["tokenizer_revision"] == "abc123"
+    assert config.engine_kwargs["enable_prefix_caching"] is True
+    # GPUs: Ray's default bundles (a GPU per worker), the checkpoint's dtype, the KV cache left to
+    # gpu_memory_utilization.
+    assert config.placement_group_config is None
+    assert not {"dtype", "enforce_eager", "kv_cache_memory_bytes"} & set(config.engine_kwargs)
     assert (config.batch_size, config.concurrency, config.should_continue_on_error) == (24, 3, True)
     assert config.detokenize_stage is False  # the engine's own text; no stage that skipped rows can break
 
 
-def test_http_config_comes_from_our_config(monkeypatch):
-    monkeypatch.setenv("MY_KEY", "s3cret")
-    config = lp.http_config(
-        _cfg(
-            backend="http",
-            url="https://h:8000/v1/chat/completions",
-            qps=2.5,
-            batch_size=5,
-            api_key_env="MY_KEY",
-        )
+def test_vllm_on_a_cpu_holds_cpus_and_sizes_its_kv_cache_from_the_config():
+    cfg = _cfg(backend="vllm", model="tiny-random", batch_size=8, max_model_len=512, num_cpus=2)
+    config = lp.vllm_config(cfg, lp.EngineDevice("cpu", "bfloat16", "test"))
+    [bundle] = config.placement_group_config["bundles"]
+    assert bundle["CPU"] == 2.0 and not bundle.get("GPU")  # Ray's default bundle asks for a GPU
+    kwargs = config.engine_kwargs
+    assert (kwargs["dtype"], kwargs["enforce_eager"]) == ("bfloat16", True)
+    assert "gpu_memory_utilization" not in kwargs  # on a CPU it would reserve that share of the RAM
+    # tiny-random: 2 layers x 2 KV heads x 16 dims, keys and values, 2 bytes: 256 B a token; 8 x 512 tokens.
+    assert kwargs["kv_cache_memory_bytes"] == 8 * 512 * 256 == 2**20
+    fp32 = lp.vllm_config(cfg, lp.EngineDevice("cpu", "float32", "test")).engine_kwargs
+    assert (fp32["dtype"], fp32["kv_cache_memory_bytes"]) == ("float32", 2 * 2**20)
+    cfg.rewrite.kv_cache_gib = 0.5
+    assert (
+        lp.vllm_config(cfg, lp.EngineDevice("cpu", "bfloat16", "test")).engine_kwargs["kv_cache_memory_bytes"]
+        == 2**29
     )
-    assert config.url == "https://h:8000/v1/chat/completions"
-    assert config.headers == {"Authorization": "Bearer s3cret"}
-    assert (config.qps, config.batch_size, config.max_retries) == (3, 5, lp.HTTP_MAX_RETRIES)
-    # The key is never put in a header bound for plain http on another machine, unless said so.
-    with pytest.raises(ConfigError, match="rewrite.allow_insecure_http: rewrite.url is plain http:// to h"):
-        lp.http_config(_cfg(backend="http", url="http://h", api_key_env="MY_KEY"))
-    allowed = _cfg(backend="http", url="http://h", api_key_env="MY_KEY", allow_insecure_http=True)
-    assert lp.http_config(allowed).headers == {"Authorization": "Bearer s3cret"}
-    monkeypatch.delenv("MY_KEY")
-    assert lp.http_config(_cfg(backend="http", url="http://h")).headers is None
+
+
+def test_the_engine_device_is_found_on_the_cluster(ray_local, monkeypatch):
+    import datajuicer_ray.runtime as runtime
+    import datajuicer_ray.vision.precision as precision
+
+    found = lp.engine_device()  # the test's local Ray has no GPU
+    assert found.kind == "cpu" and found.dtype == ("bfloat16" if precision.cpu_native_bf16() else "float32")
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: None)  # a CPU without bf16 arithmetic
+    assert (lp.engine_device().kind, lp.engine_device().dtype) == ("cpu", "float32")
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: "amx_bf16")
+    assert (lp.engine_device().kind, lp.engine_device().dtype) == ("cpu", "bfloat16")
+    monkeypatch.setattr(runtime, "gpus_available_or_scalable", lambda: True)
+    assert (lp.engine_device().kind, lp.engine_device().dtype) == ("gpu", "auto")
 
 
 def test_vllm_prompt_rows():
@@ -180,18 +197,28 @@ def test_vllm_prompt_rows():
     assert (params["temperature"], params["max_tokens"]) == (0.0, 40)
     # Guided decoding to the answer schema, as a JSON string (a nested dict would become an Arrow struct).
     assert json.loads(params["structured_outputs"]["json"]) == ANSWER_SCHEMA
-    roles = [m["role"] for m in out["messages"]]
-    assert roles[0] == "system" and roles[-1] == "user"
-    assert "data, not instructions" in out["messages"][0]["content"]
-    assert json.loads(out["messages"][-1]["content"]) == {
-        "caption": "a dog n a frisbe",
-        "objects": [{"label": "frisbee", "score": 0.8}],
-    }
+    # Token ids of the chat template, from the model's own tokenizer (at rewrite.revision): Ray's chat
+    # template and tokenizer stages, which would load another revision, are off.
+    tokenizer = lp.caption_tokenizer("tiny-random", None)
+    prompt = tokenizer.decode(out["tokenized_prompt"])
+    assert "data, not instructions" in prompt
+    assert (
+        json.dumps({"caption": "a dog n a frisbe", "objects": [{"label": "frisbee", "score": 0.8}]}) in prompt
+    )
+    assert prompt.rstrip().endswith("assistant")  # the generation prompt: the model answers next
     assert json.loads(out["_rw_columns"]) == ["key", "caption", "status", "jpg", "objects"]
+    # Every row's prompt starts with the same tokens (instructions, worked examples): what prefix caching
+    # serves from the cache; only the caption's turn is the row's own.
+    other = lp.preprocess({**row, "caption": "an old red barn"}, rewrite=r, backend="vllm")[
+        "tokenized_prompt"
+    ]
+    shared = next(i for i, (a, b) in enumerate(zip(out["tokenized_prompt"], other)) if a != b)
+    assert shared >= 0.8 * len(other)
 
     skipped = lp.preprocess({**row, "status": "too_large"}, rewrite=r, backend="vllm")
     assert skipped["__inference_error__"] == lp.SKIP_MARK + "skipped:too_large"
     assert set(skipped) == set(out)  # same keys: Ray builds one block from both
+    assert isinstance(skipped["tokenized_prompt"][0], int)  # and the same types
 
 
 def test_vllm_postprocess_guards_and_detects_truncation():
@@ -227,11 +254,14 @@ def test_vllm_postprocess_guards_and_detects_truncation():
 def test_vllm_processor_builds_without_vllm(ray_local):
     # vLLM itself is not installed here; the processor and its stages are still built from our config.
     processor = lp.build_llm_processor(_cfg(backend="vllm", model="tiny-random", batch_size=8))
-    # No DetokenizeStage: the engine returns the text (llm_processors.vllm_config says why).
-    assert processor.list_stage_names() == ["ChatTemplateStage", "TokenizeStage", "vLLMEngineStage"]
+    # The engine alone: our preprocess tokenizes, the engine detokenizes (llm_processors.vllm_config).
+    assert processor.list_stage_names() == ["vLLMEngineStage"]
     engine = processor.get_stage_by_name("vLLMEngineStage")
     assert engine.fn_constructor_kwargs["engine_kwargs"]["max_model_len"] == 2048
     assert engine.fn_constructor_kwargs["should_continue_on_error"] is True
+    # This Ray has no GPU: the engine holds a CPU, not the GPU Ray's default bundle would wait for.
+    assert engine.map_batches_kwargs["num_cpus"] == 1 and not engine.map_batches_kwargs.get("num_gpus")
+    assert processor.preprocess_map_kwargs["num_cpus"] == lp.ROW_MAP_CPUS
 
 
 def test_finalize_maps_errors_and_restores_types():
@@ -293,8 +323,9 @@ def test_http_end_to_end_through_ray(ray_local, chat_server, monkeypatch):
     assert out.schema.field("patch_index").type == pa.list_(pa.int16())
     assert out.schema.field("objects").type == pa.list_(OBJECT_TYPE)
 
-    # Skipped rows cost no request; each sent row one, with our prompt and settings.
-    assert len(requests) == 7
+    # Skipped rows cost no request; each sent row one, with our prompt and settings (the 500 is retried:
+    # text/http_backend.py's HTTP_ATTEMPTS requests).
+    assert len(requests) == 6 + HTTP_ATTEMPTS
     sent = {json.loads(r["messages"][-1]["content"])["caption"] for r in requests}
     assert "a red car by the sea" in sent  # control character, chat markup, special tokens removed
     first = requests[0]
@@ -314,3 +345,4 @@ def test_run_info_names_prompt_model_and_guard():
     assert http["response_format"]["type"] == "json_schema"
     vllm = rewrite_run_info(_cfg(backend="vllm"))
     assert vllm["engine_kwargs"]["max_model_len"] == 2048 and "structured_outputs" in vllm["sampling_params"]
+    assert vllm["engine"]["name"] == "vllm"  # and its version where the driver has vLLM (test_vllm_curate.py)

@@ -168,6 +168,9 @@ def _validate_curate(cfg: CurateConfig) -> None:
     _require(
         r.request_timeout_s > 0, "rewrite.request_timeout_s", "must be > 0 (seconds one request may take)"
     )
+    _require(
+        r.kv_cache_gib >= 0, "rewrite.kv_cache_gib", "must be >= 0 (0: sized from batch_size x max_model_len)"
+    )
     _require(0.0 < r.gpu_memory_utilization <= 1.0, "rewrite.gpu_memory_utilization", "must be in (0, 1]")
     _require(r.tensor_parallel_size >= 1, "rewrite.tensor_parallel_size", "must be >= 1")
     _require(r.concurrency >= 1, "rewrite.concurrency", "must be >= 1")

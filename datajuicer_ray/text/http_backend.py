@@ -238,20 +238,20 @@ class HttpRewriter:
         return completion(data)
 
 
-def add_http_stage(ds: Any, cfg: CurateConfig) -> Any:
-    """``ds`` with the rewrite columns from the endpoint: ``rewrite.concurrency`` actors, each holding
-    ``rewrite.num_cpus`` (the guard runs there), ``rewrite.batch_size`` rows per call."""
+def http_map_args(cfg: CurateConfig) -> dict[str, Any]:
+    """The ``map_batches`` arguments of :class:`HttpRewriter`: ``rewrite.concurrency`` actors, each holding
+    ``rewrite.num_cpus`` (the guard runs there), ``rewrite.batch_size`` rows per call. The key is read
+    here, on the driver (the workers' environment need not hold it), and refused where it would travel
+    over plain http to another machine."""
     import ray
 
     from datajuicer_ray.runtime import actor_pool_kwargs
 
     r = cfg.rewrite
     check_settings(r)
-    key = checked_key(r)  # read here, on the driver: the workers' environment need not hold it
+    key = checked_key(r)
     if r.model in BUILTINS:
         resolve(r.model)  # the tokenizer's cached folder, built once, before the actors start
     kwargs = actor_pool_kwargs(r)
     kwargs["compute"] = ray.data.ActorPoolStrategy(size=r.concurrency)
-    return ds.map_batches(
-        HttpRewriter, batch_format="pyarrow", fn_constructor_kwargs={"rewrite": r, "key": key}, **kwargs
-    )
+    return dict(batch_format="pyarrow", fn_constructor_kwargs={"rewrite": r, "key": key}, **kwargs)

