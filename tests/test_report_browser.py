@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from datajuicer_ray.io.curated import CuratedTable
 from datajuicer_ray.report import inspect
 from tests.support import browser
 
@@ -28,7 +29,7 @@ def curated(request, tmp_path_factory) -> Path:
         # The real dry run once conftest.py provides it; a failing dry run fails this test, it is not skipped.
         return Path(request.getfixturevalue("curated_dir"))
     except pytest.FixtureLookupError:
-        from test_report import write_curated_like
+        from tests.test_report import write_curated_like
 
         return write_curated_like(tmp_path_factory.mktemp("curated"))
 
@@ -36,7 +37,7 @@ def curated(request, tmp_path_factory) -> Path:
 @needs_browser
 def test_report_in_chromium(curated, tmp_path):
     html_path = tmp_path / "report.html"
-    html_path.write_text(inspect.build_report(str(curated), sample=48, seed=0), encoding="utf-8")
+    html_path.write_text(inspect.build_report(CuratedTable(str(curated)), sample=48, seed=0), encoding="utf-8")
 
     result = browser.self_test(html_path, BROWSER)
 
