@@ -135,24 +135,34 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def _build_tiny_random(gguf: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    save_tiny_llama(tokenizer, out, hidden_size=64, heads=4, kv_heads=2)
+
+
+def save_tiny_llama(
+    tokenizer: Any, out: Path, hidden_size: int, heads: int, kv_heads: int, seed: int = 0
+) -> None:
+    """A 2-layer Llama with seeded random weights and ``tokenizer``, saved with ``save_pretrained`` at ``out``
+    (the real architecture, loaded back through ``from_pretrained`` like real weights)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
 

@@ -14,30 +14,15 @@ from pathlib import Path
 
 def tiny_llama(target: Path, seed: int = 0) -> Path:
     """The model folder at ``target``, built once."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from datajuicer_ray.text.models import SMOLLM2, resolve
+    from datajuicer_ray.text.models import SMOLLM2, resolve, save_tiny_llama
 
     if (target / "config.json").exists():
         return target
     tokenizer = AutoTokenizer.from_pretrained(resolve(SMOLLM2).path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    LlamaForCausalLM(config).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    # 64-wide heads: vLLM's CPU attention has no kernel for the built-in tiny-random's 16-wide ones.
+    save_tiny_llama(tokenizer, tmp, hidden_size=128, heads=2, kv_heads=1, seed=seed)
     tmp.rename(target)
     return target
