@@ -24,6 +24,7 @@ from datajuicer_ray.report.captions import diff_words
 from datajuicer_ray.report.overlay import DIM, ImageUnreadable, decode_image, keep_mask, overlay, render_views
 from datajuicer_ray.vision.decode import canonical_pixels
 from datajuicer_ray.vision.geometry import canonical_view
+from tests.support.spy import count_delta_loads
 from tests.support.tables import write_table
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins"]
@@ -399,3 +400,11 @@ def test_markup_in_the_table_is_shown_as_text_never_run(tmp_path):
     assert 'onmouseover="x' not in page  # an attribute value cannot close its quotes
     # The diff still marks words up: escaping is of the text, not of the report's own tags.
     assert "<ins>sat</ins>" in page
+
+
+def test_inspect_loads_the_table_log_once(tmp_path, monkeypatch, capsys):
+    """The preflight and the report share one handle: the command loads the Delta log once."""
+    folder = write_curated_like(tmp_path / "curated")
+    loads = count_delta_loads(monkeypatch)
+    assert inspect.inspect_from_cli(str(folder), 4, str(tmp_path / "report.html"), 0) == 0
+    assert loads == {str(folder): 1}
