@@ -290,7 +290,12 @@ def read_curated_file(f: InputFile, image_column: str | None, rows_per_block: in
         total, start = pf.metadata.num_rows, 0
         for batch in pf.iter_batches(batch_size=rows_per_block):
             # The text branch's columns and the lineage are written anew by this run.
-            redone = ("caption_rewritten", "rewrite_status", "source_file", "source_row")
+            redone = (
+                columns.CAPTION_REWRITTEN,
+                columns.REWRITE_STATUS,
+                columns.SOURCE_FILE,
+                columns.SOURCE_ROW,
+            )
             t = pa.Table.from_batches([batch]).drop_columns([c for c in redone if c in batch.schema.names])
             if image_column and image_column in t.column_names:
                 t = t.rename_columns([columns.IMAGE_COL if c == image_column else c for c in t.column_names])

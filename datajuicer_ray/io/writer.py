@@ -154,7 +154,7 @@ def write_data_files(
 
 
 def _transient_rows(out: pa.Table) -> int:
-    statuses = zip(out.column("status").to_pylist(), out.column("rewrite_status").to_pylist())
+    statuses = zip(out.column(c.STATUS).to_pylist(), out.column(c.REWRITE_STATUS).to_pylist())
     return sum(schema.is_transient(s, r) for s, r in statuses)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from datajuicer_ray.config import RewriteConfig
+from datajuicer_ray.io import columns as c
 from datajuicer_ray.io import schema
 from datajuicer_ray.text.guard import OK, GuardSettings, judge
 from datajuicer_ray.text.prompt import (
@@ -35,9 +36,9 @@ from datajuicer_ray.text.prompt import (
     truncate_tokens,
 )
 
-REWRITTEN_COL = "caption_rewritten"
-STATUS_COL = "rewrite_status"
-CANDIDATE_COL = "rewrite_candidate"
+REWRITTEN_COL = c.CAPTION_REWRITTEN
+STATUS_COL = c.REWRITE_STATUS
+CANDIDATE_COL = c.REWRITE_CANDIDATE
 UNPARSABLE = "failed:unparsable"
 SKIPPED = "skipped:"
 FAILED = "failed:"
@@ -106,10 +107,10 @@ def plan_table(table: pa.Table, rewrite: RewriteConfig, tokenizer: Tokenizer | N
     for name in ("caption", "status"):
         if name not in table.column_names:
             raise ValueError(f"rewrite: the input has no {name!r} column (columns: {table.column_names})")
-    captions = table.column("caption").to_pylist()
-    statuses = table.column("status").to_pylist()
+    captions = table.column(c.CAPTION).to_pylist()
+    statuses = table.column(c.STATUS).to_pylist()
     objects = (
-        table.column("objects").to_pylist() if "objects" in table.column_names else [None] * len(captions)
+        table.column(c.OBJECTS).to_pylist() if c.OBJECTS in table.column_names else [None] * len(captions)
     )
     return [
         plan_row(c, o, s, rewrite, tokenizer) for c, o, s in zip(captions, objects, statuses, strict=True)

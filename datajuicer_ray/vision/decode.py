@@ -27,8 +27,8 @@ import pyarrow as pa
 from PIL import ExifTags, Image
 
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.io import columns, schema
-from datajuicer_ray.io.columns import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
+from datajuicer_ray.io import schema
+from datajuicer_ray.io.columns import IMAGE_COL, PIXELS_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
 from datajuicer_ray.io.reader import READ_ERROR
 from datajuicer_ray.vision.geometry import canonical_view
 
@@ -311,4 +311,4 @@ class Decoder:
         out = batch.drop_columns([UPSTREAM_STATUS_COL, UPSTREAM_ERROR_COL])
         out = out.append_column("status", pa.array(statuses, pa.string()))
         out = out.append_column("error", pa.array(errors, pa.string()))
-        return out.append_column(columns.PIXELS_COL, pa.array(pixels, pa.binary()))
+        return out.append_column(PIXELS_COL, pa.array(pixels, pa.binary()))

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from datajuicer_ray.allocator import keep_freed_memory
 from datajuicer_ray.config import VisionConfig
-from datajuicer_ray.io import columns, schema
+from datajuicer_ray.io import columns as c
+from datajuicer_ray.io import schema
 from datajuicer_ray.vision.device_faults import is_device_fault, is_oom
 from datajuicer_ray.vision.geometry import (
     Geometry,
@@ -292,7 +293,7 @@ class PatchScorer:
                 marker = fh.read().strip()
         except FileNotFoundError:
             return set()
-        keys = batch.column("key").to_pylist()
+        keys = batch.column(c.KEY).to_pylist()
         return {i for i, k in enumerate(keys) if marker and marker in str(k)}
 
     # -- the stage ------------------------------------------------------------------------
@@ -302,24 +303,27 @@ class PatchScorer:
         (``_pixels`` bytes), or here on the device."""
         s = self.size
         if self.gpu_decoder is None:
-            pixels = batch.column(columns.PIXELS_COL).to_pylist()
-            status, error = batch.column("status").to_pylist(), batch.column("error").to_pylist()
+            pixels = batch.column(c.PIXELS_COL).to_pylist()
+            status, error = batch.column(c.STATUS).to_pylist(), batch.column(c.ERROR).to_pylist()
             views = {
                 i: np.frombuffer(p, np.uint8).reshape(s, s, 3)
                 for i, p in enumerate(pixels)
                 if p is not None and status[i] == schema.OK
             }
-            return batch.drop_columns([columns.PIXELS_COL, "status", "error"]), status, error, views
-        from datajuicer_ray.io.columns import IMAGE_COL, UPSTREAM_ERROR_COL, UPSTREAM_STATUS_COL
-
+            return batch.drop_columns([c.PIXELS_COL, "status", "error"]), status, error, views
         decoded, status, error = self.gpu_decoder(
-            batch.column(IMAGE_COL).to_pylist(),
-            batch.column(UPSTREAM_STATUS_COL).to_pylist(),
-            batch.column(UPSTREAM_ERROR_COL).to_pylist(),
+            batch.column(c.IMAGE_COL).to_pylist(),
+            batch.column(c.UPSTREAM_STATUS_COL).to_pylist(),
+            batch.column(c.UPSTREAM_ERROR_COL).to_pylist(),
         )
         ok = [i for i, st in enumerate(status) if st == schema.OK]
         views = dict(zip(ok, decoded))
-        return batch.drop_columns([UPSTREAM_STATUS_COL, UPSTREAM_ERROR_COL]), list(status), list(error), views
+        return (
+            batch.drop_columns([c.UPSTREAM_STATUS_COL, c.UPSTREAM_ERROR_COL]),
+            list(status),
+            list(error),
+            views,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         drill_failed = self._drill(batch)
@@ -330,7 +334,7 @@ class PatchScorer:
             if is_device_fault(err):  # decoding on the device: the same broken device as scoring
                 self._restart(err)
             raise
-        captions = batch.column("caption").to_pylist() if self.guide is not None else [None] * n
+        captions = batch.column(c.CAPTION).to_pylist() if self.guide is not None else [None] * n
         for i in drill_failed:
             if status[i] == schema.OK:
                 status[i], error[i] = schema.SCORE_ERROR, "RuntimeError: injected by a fault drill"
@@ -351,10 +355,10 @@ class PatchScorer:
                     grid[i], index[i], scores[i] = self.grid, kept.tolist(), score_map
                     total = float(score_map.sum())
                     mass[i] = float(score_map[kept].sum()) / total if total > 0 else 0.0
-        out = out.append_column("patch_grid", pa.array(grid, pa.int16()))
-        out = out.append_column("patch_index", pa.array(index, pa.list_(pa.int16())))
-        out = out.append_column("patch_scores", pa.array(scores, pa.list_(pa.float32())))
-        out = out.append_column("kept_mass", pa.array(mass, pa.float32()))
-        out = out.append_column("objects", pa.array(objects, pa.list_(schema.OBJECT_TYPE)))
+        out = out.append_column(c.PATCH_GRID, pa.array(grid, pa.int16()))
+        out = out.append_column(c.PATCH_INDEX, pa.array(index, pa.list_(pa.int16())))
+        out = out.append_column(c.PATCH_SCORES, pa.array(scores, pa.list_(pa.float32())))
+        out = out.append_column(c.KEPT_MASS, pa.array(mass, pa.float32()))
+        out = out.append_column(c.OBJECTS, pa.array(objects, pa.list_(schema.OBJECT_TYPE)))
         out = out.append_column("status", pa.array(status, pa.string()))
         return out.append_column("error", pa.array(error, pa.string()))
