@@ -37,7 +37,9 @@ def curated(request, tmp_path_factory) -> Path:
 @needs_browser
 def test_report_in_chromium(curated, tmp_path):
     html_path = tmp_path / "report.html"
-    html_path.write_text(inspect.build_report(CuratedTable(str(curated)), sample=48, seed=0), encoding="utf-8")
+    html_path.write_text(
+        inspect.build_report(CuratedTable(str(curated)), sample=48, seed=0), encoding="utf-8"
+    )
 
     result = browser.self_test(html_path, BROWSER)
 
