@@ -1,5 +1,5 @@
 """Autoscaling and preemption drills for the curation job, on Ray's real autoscaler (v1) over its fake
-multi-node provider (tests/autoscaling.py): worker nodes are launched and terminated by the autoscaler, as
+multi-node provider (tests/support/autoscaling.py): worker nodes are launched and terminated by the autoscaler, as
 process groups on this machine. A custom resource ("scorer_slot") stands in for GPUs, so the scorer actors need
 a worker node the autoscaler has to add.
 
@@ -8,7 +8,7 @@ a worker node the autoscaler has to add.
   - spot preemption: a scorer node's raylet is SIGKILLed mid-run; the job still writes every row once;
   - GPU detection: `gpus_available_or_scalable` sees a GPU node type at 0 workers.
 
-Rows are checked by key and inputs by the commits that name them (tests/tables.py, through the Delta log)."""
+Rows are checked by key and inputs by the commits that name them (tests/support/tables.py, through the Delta log)."""
 
 from __future__ import annotations
 
