@@ -147,10 +147,10 @@ class OutputTable:
         as appends, unlike ``mode="error"``, which lets both "succeed"); the markers come with it.
         """
         for _ in range(COMMIT_RETRIES):
-            refusal = self.refusal()
+            refusal = self.refusal()  # loads or advances the log
             if refusal:
                 raise TableConflict(f"output.path: {refusal}")
-            dt = self.delta()
+            dt = self.delta(refresh=False)  # as refusal() just read it: one log read per attempt
             if dt is None:
                 # Created, or lost the race to another creator: either way, look at what is there now.
                 self._write_markers(schema, 0, fp, mode="append")
