@@ -73,10 +73,12 @@ def whole_files_only(out: Path, rows_per_file: dict[str, int]) -> Counter:
     """What any Delta reader sees: every input file it shows is there whole, never in part."""
     import polars as pl
 
-    seen = Counter(r["source_file"] for r in read_rows(out, ["source_file"]))
+    # One snapshot for both readers: a slice still running may commit between two reads of the latest one.
+    snapshot = DeltaTable(str(out))
+    seen = Counter(snapshot.to_pyarrow_table(columns=["source_file"]).column("source_file").to_pylist())
     for source, n in seen.items():
         assert n == rows_per_file[source], f"{source}: {n} of {rows_per_file[source]} rows visible"
-    assert pl.read_delta(str(out)).height == sum(seen.values())  # another engine agrees
+    assert pl.read_delta(str(out), version=snapshot.version()).height == sum(seen.values())  # another engine
     return seen
 
 
